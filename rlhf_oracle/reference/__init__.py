@@ -1,0 +1,59 @@
+"""The ground truth: plain NumPy, float64, one readable function per formula.
+
+Every function takes array-likes, computes in float64 with explicit sums and recursions (it reads like the
+paper, not like fast code) and refuses bad input with an error that names the argument. This package imports
+NumPy and nothing else (no torch, no sympy), so that other projects can import it anywhere.
+
+See ``docs/api-contract.md`` for the exact conventions and :mod:`rlhf_oracle.derivations` for the sympy
+statements that pin the formulas down.
+"""
+
+from .advantages import GAEResult as GAEResult
+from .advantages import gae as gae
+from .advantages import grpo_advantages as grpo_advantages
+from .advantages import whiten as whiten
+from .kl import KL_ESTIMATORS as KL_ESTIMATORS
+from .kl import kl_estimate as kl_estimate
+from .kl import kl_exact as kl_exact
+from .kl_control import AdaptiveKLController as AdaptiveKLController
+from .kl_control import adaptive_kl_update as adaptive_kl_update
+from .logprobs import entropy_from_logits as entropy_from_logits
+from .logprobs import token_logprobs as token_logprobs
+from .policy import AGGREGATION_MODES as AGGREGATION_MODES
+from .policy import aggregate as aggregate
+from .policy import policy_loss as policy_loss
+from .policy import ppo_clip_grad as ppo_clip_grad
+from .policy import ppo_clip_objective as ppo_clip_objective
+from .reward_model import ranking_loss as ranking_loss
+from .reward_model import reward_model_loss as reward_model_loss
+from .rewards import SCORE_POSITIONS as SCORE_POSITIONS
+from .rewards import kl_shaped_rewards as kl_shaped_rewards
+from .rewards import ptx_loss as ptx_loss
+from .rewards import rlhf_objective as rlhf_objective
+from .value import value_loss as value_loss
+
+__all__ = [
+    "AGGREGATION_MODES",
+    "KL_ESTIMATORS",
+    "SCORE_POSITIONS",
+    "AdaptiveKLController",
+    "GAEResult",
+    "adaptive_kl_update",
+    "aggregate",
+    "entropy_from_logits",
+    "gae",
+    "grpo_advantages",
+    "kl_estimate",
+    "kl_exact",
+    "kl_shaped_rewards",
+    "policy_loss",
+    "ppo_clip_grad",
+    "ppo_clip_objective",
+    "ptx_loss",
+    "ranking_loss",
+    "reward_model_loss",
+    "rlhf_objective",
+    "token_logprobs",
+    "value_loss",
+    "whiten",
+]
