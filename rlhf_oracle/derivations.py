@@ -1,0 +1,403 @@
+"""Symbolic derivations (sympy) that pin the reference formulas down.
+
+Each derivation is a claim about a formula, proved or evaluated exactly with sympy, and returned as a
+:class:`Derivation` that the docs render as LaTeX (``statement`` and ``derivation`` steps) and the tests
+evaluate (``holds``, and the sympy expressions in ``exprs`` at hypothesis-drawn points).
+
+This module needs sympy (the ``sympy`` extra) and imports nothing else of the package.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import sympy as sp
+
+__all__ = [
+    "Derivation",
+    "all_derivations",
+    "clipped_surrogate",
+    "gae_recursion",
+    "get",
+    "neg_log_sigmoid",
+]
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """A symbolic claim, its LaTeX, and whether sympy confirms it."""
+
+    name: str
+    """Identifier, e.g. ``"ppo_clip_grad"``."""
+    title: str
+    """One-line human title."""
+    statement: str
+    """The claim in LaTeX (display math, without delimiters)."""
+    derivation: tuple[str, ...]
+    """LaTeX steps from the definitions to the claim."""
+    holds: bool
+    """True when sympy confirmed the claim (exact simplification or exact evaluation)."""
+    page: str
+    """Slug of the docs page it belongs on."""
+    exprs: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    """Sympy objects behind the claim, for tests that evaluate them at drawn points."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# PPO-Clip: the piecewise gradient
+
+
+def clipped_surrogate() -> tuple[sp.Expr, dict[str, sp.Symbol]]:
+    r"""The per-step clipped surrogate as a sympy expression of :math:`x = \log\pi - \log\pi_{old}`.
+
+    Returns ``(L, symbols)`` with symbols ``x`` (log-ratio), ``A`` (advantage), ``eps`` (clip range, > 0).
+    """
+    x, adv = sp.symbols("x A", real=True)
+    eps = sp.Symbol("epsilon", positive=True)
+    r = sp.exp(x)
+    clipped_r = sp.Max(sp.Min(r, 1 + eps), 1 - eps)
+    surrogate = sp.Min(r * adv, clipped_r * adv)
+    return surrogate, {"x": x, "A": adv, "eps": eps}
+
+
+def _ppo_clip_grad() -> Derivation:
+    surrogate, s = clipped_surrogate()
+    x, adv, eps = s["x"], s["A"], s["eps"]
+    r = sp.exp(x)
+    claimed = sp.Piecewise(
+        (0, (adv > 0) & (r > 1 + eps)),
+        (0, (adv < 0) & (r < 1 - eps)),
+        (r * adv, True),
+    )
+    grad = sp.diff(surrogate, x)
+    # Exact evaluation at rational points strictly inside each of the five regions (A>0 / A<0, r below, inside,
+    # above the clip range), with eps = 1/5: the derivative of Min/Max is piecewise constant in the branch.
+    points = []
+    for a in (sp.Rational(3, 2), sp.Rational(-3, 2)):
+        for ratio in (sp.Rational(1, 2), sp.Rational(9, 10), sp.Rational(11, 10), sp.Rational(3, 2)):
+            points.append({adv: a, x: sp.log(ratio), eps: sp.Rational(1, 5)})
+    holds = all(sp.simplify(grad.subs(p) - claimed.subs(p)) == 0 for p in points)
+    return Derivation(
+        name="ppo_clip_grad",
+        title="Gradient of the clipped surrogate with respect to log pi",
+        statement=(
+            r"\frac{\partial}{\partial \log\pi}\min\big(rA,\ \mathrm{clip}(r,1-\epsilon,1+\epsilon)A\big) = "
+            r"\begin{cases} 0 & A>0,\ r>1+\epsilon \\ 0 & A<0,\ r<1-\epsilon \\ rA & \text{otherwise} \end{cases}"
+        ),
+        derivation=(
+            r"r = e^{\log\pi - \log\pi_{old}} \;\Rightarrow\; \frac{\partial r}{\partial \log\pi} = r",
+            r"A>0:\ \min(rA, \mathrm{clip}(r)A) = A\min(r, \mathrm{clip}(r)) = A\min(r, 1+\epsilon)",
+            r"A<0:\ \min(rA, \mathrm{clip}(r)A) = A\max(r, \mathrm{clip}(r)) = A\max(r, 1-\epsilon)",
+            r"\text{the constant branch } (1\pm\epsilon)A \text{ has derivative } 0;"
+            r"\ \text{the branch } rA \text{ has derivative } rA",
+        ),
+        holds=holds,
+        page="ppo-clip",
+        exprs=MappingProxyType({"surrogate": surrogate, "grad": grad, "claimed": claimed, **s}),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# -log sigmoid: the reward-model loss
+
+
+def neg_log_sigmoid() -> tuple[sp.Expr, sp.Symbol]:
+    r"""``(-log sigmoid(D), D)``: the pairwise reward-model loss as a function of the reward gap D."""
+    d = sp.Symbol("Delta", real=True)
+    return -sp.log(1 / (1 + sp.exp(-d))), d
+
+
+def _sigmoid(d: sp.Expr) -> sp.Expr:
+    return 1 / (1 + sp.exp(-d))
+
+
+def _neg_log_sigmoid_grad() -> Derivation:
+    f, d = neg_log_sigmoid()
+    grad = sp.diff(f, d)
+    holds = sp.simplify(grad - (_sigmoid(d) - 1)) == 0
+    return Derivation(
+        name="neg_log_sigmoid_grad",
+        title="Derivative of the pairwise loss",
+        statement=r"\frac{d}{d\Delta}\big[-\log\sigma(\Delta)\big] = \sigma(\Delta) - 1",
+        derivation=(
+            r"-\log\sigma(\Delta) = \log(1 + e^{-\Delta})",
+            r"\frac{d}{d\Delta}\log(1+e^{-\Delta}) = \frac{-e^{-\Delta}}{1+e^{-\Delta}} = \sigma(\Delta) - 1",
+        ),
+        holds=bool(holds),
+        page="reward-model",
+        exprs=MappingProxyType({"f": f, "grad": grad, "Delta": d}),
+    )
+
+
+def _neg_log_sigmoid_symmetry() -> Derivation:
+    f, d = neg_log_sigmoid()
+    difference = f - f.subs(d, -d)
+    holds = sp.simplify(sp.expand_log(difference + d, force=True)) == 0
+    return Derivation(
+        name="neg_log_sigmoid_symmetry",
+        title="Swapping winner and loser",
+        statement=r"-\log\sigma(\Delta) - \big(-\log\sigma(-\Delta)\big) = -\Delta",
+        derivation=(
+            r"\log(1+e^{-\Delta}) - \log(1+e^{\Delta}) = \log\frac{e^{-\Delta}(e^{\Delta}+1)}{1+e^{\Delta}}",
+            r"= \log e^{-\Delta} = -\Delta",
+        ),
+        holds=bool(holds),
+        page="reward-model",
+        exprs=MappingProxyType({"difference": difference, "Delta": d}),
+    )
+
+
+def _neg_log_sigmoid_convexity() -> Derivation:
+    f, d = neg_log_sigmoid()
+    second = sp.diff(f, d, 2)
+    claimed = _sigmoid(d) * (1 - _sigmoid(d))
+    holds = sp.simplify(second - claimed) == 0 and all(
+        second.subs(d, value) > 0 for value in (-20, -1, 0, sp.Rational(1, 3), 20)
+    )
+    return Derivation(
+        name="neg_log_sigmoid_convexity",
+        title="The pairwise loss is convex in the reward gap",
+        statement=r"\frac{d^2}{d\Delta^2}\big[-\log\sigma(\Delta)\big] = \sigma(\Delta)\big(1-\sigma(\Delta)\big) > 0",
+        derivation=(
+            r"\frac{d}{d\Delta}\big(\sigma(\Delta) - 1\big) = \sigma'(\Delta) = \sigma(\Delta)(1-\sigma(\Delta))",
+            r"0 < \sigma(\Delta) < 1 \;\Rightarrow\; \sigma(\Delta)(1-\sigma(\Delta)) > 0",
+        ),
+        holds=bool(holds),
+        page="reward-model",
+        exprs=MappingProxyType({"second_derivative": second, "Delta": d}),
+    )
+
+
+def _ranking_normaliser() -> Derivation:
+    k = sp.Symbol("K", integer=True, positive=True)
+    i, j = sp.symbols("i j", integer=True, positive=True)
+    n_pairs = sp.summation(sp.summation(1, (j, i + 1, k)), (i, 1, k))
+    binomial = sp.binomial(k, 2)
+    holds_count = sp.simplify(n_pairs - sp.expand_func(binomial)) == 0
+    ratio = sp.simplify(sp.expand_func(binomial) / (k / 2))
+    equal_at = sp.solve(sp.Eq(sp.expand_func(binomial), k / 2), k)
+    holds = bool(holds_count) and sp.simplify(ratio - (k - 1)) == 0 and equal_at == [2]
+    return Derivation(
+        name="ranking_normaliser",
+        title="The number of comparisons among K ranked answers",
+        statement=(
+            r"\sum_{i=1}^{K}\sum_{j=i+1}^{K} 1 = \binom{K}{2} = \frac{K(K-1)}{2}, \qquad "
+            r"\binom{K}{2} \Big/ \frac{K}{2} = K - 1"
+        ),
+        derivation=(
+            r"\sum_{i=1}^{K} (K - i) = \frac{K(K-1)}{2}",
+            r"\frac{K(K-1)/2}{K/2} = K-1, \text{ so } \tfrac{K}{2} = \tbinom{K}{2} \iff K = 2",
+        ),
+        holds=holds,
+        page="reward-model",
+        exprs=MappingProxyType({"n_pairs": n_pairs, "K": k, "ratio_to_half_K": ratio}),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# KL estimators
+
+
+def _categorical(prefix: str, n: int) -> list[sp.Expr]:
+    """n probabilities as positive symbols, the last one 1 - sum(others)."""
+    head = list(sp.symbols(f"{prefix}1:{n}", positive=True))
+    return [*head, 1 - sum(head)]
+
+
+def _kl_estimators_expectation() -> Derivation:
+    n = 3
+    p = _categorical("p", n)
+    q = _categorical("q", n)
+    kl = sum(p[i] * sp.log(p[i] / q[i]) for i in range(n))
+    # k = estimator evaluated at a sample x ~ p, with r = q(x)/p(x)
+    e_k1 = sum(p[i] * (-sp.log(q[i] / p[i])) for i in range(n))
+    e_k2 = sum(p[i] * sp.log(q[i] / p[i]) ** 2 / 2 for i in range(n))
+    e_k3 = sum(p[i] * ((q[i] / p[i] - 1) - sp.log(q[i] / p[i])) for i in range(n))
+    k1_ok = sp.simplify(sp.expand_log(e_k1 - kl, force=True)) == 0
+    k3_ok = sp.simplify(sp.expand_log(e_k3 - kl, force=True)) == 0
+    point = {p[0]: sp.Rational(1, 2), p[1]: sp.Rational(1, 3), q[0]: sp.Rational(1, 4), q[1]: sp.Rational(1, 4)}
+    k2_differs = sp.N((e_k2 - kl).subs(point), 30) != 0
+    kl_nonnegative = sp.N(kl.subs(point), 30) > 0
+    return Derivation(
+        name="kl_estimators_expectation",
+        title="Which KL estimators are unbiased",
+        statement=(
+            r"\mathbb{E}_{x\sim\pi}[k_1] = \mathbb{E}_{x\sim\pi}[k_3] = \mathrm{KL}(\pi\|\pi_{ref}) \ge 0,"
+            r"\qquad \mathbb{E}_{x\sim\pi}[k_2] \ne \mathrm{KL}(\pi\|\pi_{ref})"
+        ),
+        derivation=(
+            r"r(x) = \pi_{ref}(x)/\pi(x),\quad k_1 = -\log r,\quad k_2 = \tfrac12(\log r)^2,\quad k_3 = (r-1) - \log r",
+            r"\mathbb{E}_\pi[k_1] = \sum_x \pi(x)\log\frac{\pi(x)}{\pi_{ref}(x)} = \mathrm{KL}(\pi\|\pi_{ref})",
+            r"\mathbb{E}_\pi[r - 1] = \sum_x \pi_{ref}(x) - \sum_x \pi(x) = 0"
+            r"\;\Rightarrow\; \mathbb{E}_\pi[k_3] = \mathbb{E}_\pi[k_1]",
+            r"\text{at } \pi = (\tfrac12,\tfrac13,\tfrac16),\ \pi_{ref} = (\tfrac14,\tfrac14,\tfrac12):\ "
+            r"\mathbb{E}_\pi[k_2] - \mathrm{KL} \ne 0",
+        ),
+        holds=bool(k1_ok and k3_ok and k2_differs and kl_nonnegative),
+        page="kl-estimators",
+        exprs=MappingProxyType({"p": p, "q": q, "kl": kl, "E_k1": e_k1, "E_k2": e_k2, "E_k3": e_k3}),
+    )
+
+
+def _kl_estimator_gradients() -> Derivation:
+    """Expected gradient of each estimator used as a loss, on-policy (samples from pi, not differentiated)."""
+    n = 3
+    theta = list(sp.symbols(f"theta1:{n + 1}", real=True))
+    normaliser = sum(sp.exp(t) for t in theta)
+    pi = [sp.exp(t) / normaliser for t in theta]
+    q = [sp.Rational(1, 5), sp.Rational(3, 10), sp.Rational(1, 2)]
+    log_pi = [sp.log(p_i) for p_i in pi]
+    estimators: dict[str, Callable[[int], sp.Expr]] = {
+        "k1": lambda i: log_pi[i] - sp.log(q[i]),
+        "k2": lambda i: (log_pi[i] - sp.log(q[i])) ** 2 / 2,
+        "k3": lambda i: q[i] / pi[i] - 1 - sp.log(q[i] / pi[i]),
+    }
+    reverse_kl = sum(pi[i] * (log_pi[i] - sp.log(q[i])) for i in range(n))
+    forward_kl = sum(q[i] * (sp.log(q[i]) - log_pi[i]) for i in range(n))
+    targets = {"k1": [sp.Integer(0)] * n, "k2": [sp.diff(reverse_kl, t) for t in theta]}
+    targets["k3"] = [sp.diff(forward_kl, t) for t in theta]
+    expected_grads = {
+        kind: [sum(pi[i] * sp.diff(k(i), t) for i in range(n)) for t in theta] for kind, k in estimators.items()
+    }
+    # Exact check at rational logits (sympy evaluates exp of rationals exactly and compares to 40 digits).
+    points = [dict(zip(theta, vals, strict=True)) for vals in ((0, 0, 0), (1, -2, sp.Rational(1, 2)), (3, 0, -1))]
+    holds = all(
+        abs(sp.N((expected_grads[kind][j] - targets[kind][j]).subs(pt), 40)) < sp.Float(1e-35)
+        for kind in estimators
+        for j in range(n)
+        for pt in points
+    )
+    return Derivation(
+        name="kl_estimator_gradients",
+        title="Which divergence each KL estimator minimises when used as a loss",
+        statement=(
+            r"\mathbb{E}_{x\sim\pi_\theta}[\nabla_\theta k_1] = 0,\quad "
+            r"\mathbb{E}_{x\sim\pi_\theta}[\nabla_\theta k_2] = \nabla_\theta \mathrm{KL}(\pi_\theta\|\pi_{ref}),\quad "
+            r"\mathbb{E}_{x\sim\pi_\theta}[\nabla_\theta k_3] = \nabla_\theta \mathrm{KL}(\pi_{ref}\|\pi_\theta)"
+        ),
+        derivation=(
+            r"\nabla k_1 = \nabla\log\pi(x),\ \ \mathbb{E}_\pi[\nabla\log\pi] = \sum_x \nabla\pi(x) = \nabla 1 = 0",
+            r"\nabla k_2 = \log\tfrac{\pi(x)}{\pi_{ref}(x)}\nabla\log\pi(x),\ \ "
+            r"\mathbb{E}_\pi[\nabla k_2] = \sum_x \nabla\pi(x)\log\tfrac{\pi(x)}{\pi_{ref}(x)}"
+            r" = \nabla\mathrm{KL}(\pi\|\pi_{ref})",
+            r"\nabla k_3 = \big(1 - \tfrac{\pi_{ref}(x)}{\pi(x)}\big)\nabla\log\pi(x),\ \ "
+            r"\mathbb{E}_\pi[\nabla k_3] = -\sum_x \pi_{ref}(x)\nabla\log\pi(x) = \nabla\mathrm{KL}(\pi_{ref}\|\pi)",
+        ),
+        holds=bool(holds),
+        page="kl-estimators",
+        exprs=MappingProxyType(
+            {"theta": theta, "pi": pi, "q": q, "expected_grads": expected_grads, "targets": targets}
+        ),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# GAE and the KL-in-reward identity
+
+
+def gae_recursion(length: int) -> dict[str, Any]:
+    """Symbolic GAE over ``length`` steps: rewards r_t, values V_t, gamma, lambda; no bootstrap after the end."""
+    r = list(sp.symbols(f"r0:{length}", real=True))
+    v = list(sp.symbols(f"V0:{length}", real=True))
+    gamma, lam = sp.symbols("gamma lambda", nonnegative=True)
+    advantages: list[sp.Expr] = [sp.Integer(0)] * length
+    next_value: sp.Expr = sp.Integer(0)
+    next_adv: sp.Expr = sp.Integer(0)
+    for t in reversed(range(length)):
+        delta = r[t] + gamma * next_value - v[t]
+        advantages[t] = delta + gamma * lam * next_adv
+        next_value, next_adv = v[t], advantages[t]
+    return {"r": r, "V": v, "gamma": gamma, "lam": lam, "advantages": advantages}
+
+
+def _gae_lambda_one(length: int = 5) -> Derivation:
+    g = gae_recursion(length)
+    r, v, gamma, lam = g["r"], g["V"], g["gamma"], g["lam"]
+    reward_to_go = [sum(gamma**k * r[t + k] for k in range(length - t)) for t in range(length)]
+    holds = all(sp.expand(g["advantages"][t].subs(lam, 1) - (reward_to_go[t] - v[t])) == 0 for t in range(length))
+    return Derivation(
+        name="gae_lambda_one",
+        title="GAE at lambda = 1 is the discounted reward-to-go minus V",
+        statement=r"\hat A_t^{(\lambda=1)} = \sum_{l=0}^{T-t-1} \gamma^l r_{t+l} - V(s_t)",
+        derivation=(
+            r"\hat A_t = \sum_l (\gamma\lambda)^l \delta_{t+l},\ \ \delta_t = r_t + \gamma V_{t+1} - V_t,\ V_T = 0",
+            r"\lambda = 1:\ \sum_l \gamma^l (r_{t+l} + \gamma V_{t+l+1} - V_{t+l}) "
+            r"= \sum_l \gamma^l r_{t+l} - V_t \ \text{(the values telescope)}",
+        ),
+        holds=bool(holds),
+        page="advantages",
+        exprs=MappingProxyType({**g, "reward_to_go": reward_to_go}),
+    )
+
+
+def _gae_lambda_zero(length: int = 5) -> Derivation:
+    g = gae_recursion(length)
+    r, v, gamma, lam = g["r"], g["V"], g["gamma"], g["lam"]
+    deltas = [r[t] + gamma * (v[t + 1] if t + 1 < length else 0) - v[t] for t in range(length)]
+    holds = all(sp.expand(g["advantages"][t].subs(lam, 0) - deltas[t]) == 0 for t in range(length))
+    return Derivation(
+        name="gae_lambda_zero",
+        title="GAE at lambda = 0 is the one-step TD error",
+        statement=r"\hat A_t^{(\lambda=0)} = \delta_t = r_t + \gamma V(s_{t+1}) - V(s_t)",
+        derivation=(r"\hat A_t = \delta_t + \gamma\lambda \hat A_{t+1} \ \xrightarrow{\lambda = 0}\ \delta_t",),
+        holds=bool(holds),
+        page="advantages",
+        exprs=MappingProxyType({**g, "deltas": deltas}),
+    )
+
+
+def _kl_reward_telescoping(length: int = 5) -> Derivation:
+    logp = list(sp.symbols(f"logpi0:{length}", real=True))
+    logp_ref = list(sp.symbols(f"logpiref0:{length}", real=True))
+    score, beta = sp.Symbol("R", real=True), sp.Symbol("beta", nonnegative=True)
+    rewards = [-beta * (logp[t] - logp_ref[t]) + (score if t == length - 1 else 0) for t in range(length)]
+    # chain rule: log pi(y|x) = sum_t log pi(o_t | x, o_<t)
+    seq_log_ratio = sp.log(sp.Mul(*[sp.exp(lp) for lp in logp]) / sp.Mul(*[sp.exp(lr) for lr in logp_ref]))
+    claimed = score - beta * seq_log_ratio
+    holds = sp.simplify(sp.expand_log(sum(rewards) - claimed, force=True)) == 0
+    return Derivation(
+        name="kl_reward_telescoping",
+        title="KL in the reward sums to the sequence-level InstructGPT reward",
+        statement=(
+            r"\sum_{t=1}^{|o|} \Big(-\beta \log\frac{\pi(o_t|q,o_{<t})}{\pi_{ref}(o_t|q,o_{<t})}"
+            r" + \mathbb{1}[t=|o|]\,R\Big) = R - \beta\log\frac{\pi(o|q)}{\pi_{ref}(o|q)}"
+        ),
+        derivation=(
+            r"\log\pi(o|q) = \sum_t \log\pi(o_t|q,o_{<t}) \quad\text{(chain rule)}",
+            r"\sum_t \log\frac{\pi(o_t|\cdot)}{\pi_{ref}(o_t|\cdot)} = \log\frac{\pi(o|q)}{\pi_{ref}(o|q)}",
+        ),
+        holds=bool(holds),
+        page="instructgpt",
+        exprs=MappingProxyType({"rewards": rewards, "claimed": claimed, "R": score, "beta": beta}),
+    )
+
+
+_BUILDERS: dict[str, Callable[[], Derivation]] = {
+    "ppo_clip_grad": _ppo_clip_grad,
+    "neg_log_sigmoid_grad": _neg_log_sigmoid_grad,
+    "neg_log_sigmoid_symmetry": _neg_log_sigmoid_symmetry,
+    "neg_log_sigmoid_convexity": _neg_log_sigmoid_convexity,
+    "ranking_normaliser": _ranking_normaliser,
+    "kl_estimators_expectation": _kl_estimators_expectation,
+    "kl_estimator_gradients": _kl_estimator_gradients,
+    "gae_lambda_one": _gae_lambda_one,
+    "gae_lambda_zero": _gae_lambda_zero,
+    "kl_reward_telescoping": _kl_reward_telescoping,
+}
+
+
+@functools.cache
+def get(name: str) -> Derivation:
+    """The derivation called ``name`` (computed once, then cached)."""
+    if name not in _BUILDERS:
+        raise KeyError(f"unknown derivation {name!r}; known: {sorted(_BUILDERS)}")
+    return _BUILDERS[name]()
+
+
+def all_derivations() -> list[Derivation]:
+    """Every derivation, in docs order."""
+    return [get(name) for name in _BUILDERS]
