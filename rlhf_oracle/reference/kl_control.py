@@ -38,6 +38,8 @@ def adaptive_kl_update(beta: float, kl: float, target: float, n_steps: int, hori
 class AdaptiveKLController:
     """Stateful wrapper of :func:`adaptive_kl_update` (the ``AdaptiveKLController`` of lm-human-preferences).
 
+    Source: Ziegler et al. 2019 §2.2 and ``train_policy.py`` of openai/lm-human-preferences.
+
     ``value`` is the current beta; ``update(kl, n_steps)`` applies one update and returns the new beta.
     Defaults follow the released code: horizon = 10000 (the launch script uses init_beta = 0.15, target = 6).
     """

@@ -133,6 +133,13 @@ def aggregate(values: Any, mask: Any, mode: str = "seq-mean-token-mean", *, max_
       :math:`\frac{1}{B L}\sum_b \sum_t m_{b,t} x_{b,t}` with ``L = max_tokens`` (the generation budget), or the
       padded length T when ``max_tokens`` is None (verl's fallback).
 
+    Source: the 1/|o| average of DeepSeekMath eq. 1; the token mean of DAPO eq. 8 (Yu et al. 2025); the
+    constant normaliser of Dr. GRPO (Liu et al. 2025, §3.1); verl's ``agg_loss`` names the four modes.
+
+    .. math::
+
+        \text{seq-mean-token-mean} = \frac{1}{B}\sum_{b=1}^{B}\frac{\sum_t m_{b,t}x_{b,t}}{\sum_t m_{b,t}}
+
     Conventions: masked positions are never read (NaN there is harmless). ``seq-mean-token-mean`` refuses a row
     with no valid token (it divides by |o_b| = 0); ``token-mean`` refuses an all-empty mask. The sum modes
     count an empty row as contributing 0 and still count it in B.
