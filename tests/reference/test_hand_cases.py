@@ -209,7 +209,7 @@ def test_whiten_hand() -> None:
     mean, var = 2.0, ((1 - 2) ** 2 + 0 + (3 - 2) ** 2) / 2  # Bessel: n - 1 = 2
     got = ref.whiten(x, mask)
     s = math.sqrt(var + 1e-8)
-    np.testing.assert_allclose(got, [[-1 / s, 0.0, 0.0], [1 / s, 0.0, 0.0]], rtol=1e-14)
+    np.testing.assert_allclose(got, [[(1 - mean) / s, (2 - mean) / s, 0.0], [(3 - mean) / s, 0.0, 0.0]], rtol=1e-14)
 
 
 def test_value_loss_clip_is_a_max() -> None:
