@@ -18,7 +18,7 @@ IntArray = NDArray[np.int64]
 
 
 def _shape_str(shape: Sequence[int]) -> str:
-    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
+    return str(tuple(int(s) for s in shape))
 
 
 def as_float(fn: str, name: str, x: Any, *, ndim: int | None = None, shape_doc: str = "") -> FloatArray:
