@@ -1,0 +1,67 @@
+"""The torch twin of :mod:`rlhf_oracle.reference`: same names, argument order, defaults and error messages.
+
+Batched and vectorised, on any float dtype (float64/float32/bf16/fp16) and device, differentiable and usable inside
+``torch.compile``. It never imports the reference: their agreement is the main test of both. Half-precision inputs
+are computed in float32 and rounded once to the input dtype; ``[B, T, V]`` reductions are chunked so that no
+full-size float32 copy of the logits exists.
+
+Value checks (NaN/inf at valid positions, mask values, empty rows, k3 overflow, token range) force a device sync;
+turn them off with :func:`set_value_checks` ``(False)`` or ``with value_checks(False):``. They are skipped
+automatically while ``torch.compile`` traces. Shape, dtype and hyper-parameter checks always run.
+"""
+
+from ._validation import set_value_checks as set_value_checks
+from ._validation import value_checks as value_checks
+from ._validation import value_checks_enabled as value_checks_enabled
+from .advantages import GAEResult as GAEResult
+from .advantages import gae as gae
+from .advantages import grpo_advantages as grpo_advantages
+from .advantages import whiten as whiten
+from .kl import KL_ESTIMATORS as KL_ESTIMATORS
+from .kl import kl_estimate as kl_estimate
+from .kl import kl_exact as kl_exact
+from .kl_control import AdaptiveKLController as AdaptiveKLController
+from .kl_control import adaptive_kl_update as adaptive_kl_update
+from .logprobs import entropy_from_logits as entropy_from_logits
+from .logprobs import token_logprobs as token_logprobs
+from .policy import AGGREGATION_MODES as AGGREGATION_MODES
+from .policy import aggregate as aggregate
+from .policy import policy_loss as policy_loss
+from .policy import ppo_clip_grad as ppo_clip_grad
+from .policy import ppo_clip_objective as ppo_clip_objective
+from .reward_model import ranking_loss as ranking_loss
+from .reward_model import reward_model_loss as reward_model_loss
+from .rewards import SCORE_POSITIONS as SCORE_POSITIONS
+from .rewards import kl_shaped_rewards as kl_shaped_rewards
+from .rewards import ptx_loss as ptx_loss
+from .rewards import rlhf_objective as rlhf_objective
+from .value import value_loss as value_loss
+
+__all__ = [
+    "AGGREGATION_MODES",
+    "KL_ESTIMATORS",
+    "SCORE_POSITIONS",
+    "AdaptiveKLController",
+    "GAEResult",
+    "adaptive_kl_update",
+    "aggregate",
+    "entropy_from_logits",
+    "gae",
+    "grpo_advantages",
+    "kl_estimate",
+    "kl_exact",
+    "kl_shaped_rewards",
+    "policy_loss",
+    "ppo_clip_grad",
+    "ppo_clip_objective",
+    "ptx_loss",
+    "ranking_loss",
+    "reward_model_loss",
+    "rlhf_objective",
+    "set_value_checks",
+    "token_logprobs",
+    "value_checks",
+    "value_checks_enabled",
+    "value_loss",
+    "whiten",
+]
