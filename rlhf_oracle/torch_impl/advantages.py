@@ -100,6 +100,8 @@ def gae(
     fn = "gae"
     r, val, m, g, lm = _gae_inputs(fn, rewards, values, mask, gamma, lam)
     chunk = v.optional_positive_int(fn, "chunk_size", chunk_size) or GAE_CHUNK
+    if chunk < 2:
+        raise ValueError(f"{fn}: 'chunk_size' must be an int >= 2, got {chunk_size}")
     out_dtype = torch.promote_types(r.dtype, val.dtype)
     acc = v.acc_dtype(out_dtype)
     batch, length = r.shape
