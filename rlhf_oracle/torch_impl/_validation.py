@@ -53,7 +53,8 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def shape_str(shape: Sequence[int]) -> str:
-    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
+    """A shape as a Python tuple: ``(2, 3)``, ``(3,)``, ``()`` (as the reference writes it)."""
+    return str(tuple(int(s) for s in shape))
 
 
 def dtype_str(dtype: torch.dtype) -> str:

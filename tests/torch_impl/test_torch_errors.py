@@ -48,20 +48,22 @@ def test_shape_mismatch() -> None:
     )
     raises(
         ValueError,
-        "kl_shaped_rewards: 'scores' has shape (3), expected (2,) to match 'logp'",
+        "kl_shaped_rewards: 'scores' has shape (3,), expected (2,) to match 'logp'",
         lambda: ti.kl_shaped_rewards(z(3), z(2, 3), z(2, 3), ones_mask(2, 3), 0.1),
     )
 
 
 def test_wrong_rank() -> None:
-    raises(ValueError, "aggregate: 'values' must have shape [B, T], got (3)", lambda: ti.aggregate(z(3), ones_mask(3)))
-    raises(ValueError, "aggregate: 'mask' must have shape [B, T], got (3)", lambda: ti.aggregate(z(1, 3), ones_mask(3)))
+    raises(ValueError, "aggregate: 'values' must have shape [B, T], got (3,)", lambda: ti.aggregate(z(3), ones_mask(3)))
+    raises(
+        ValueError, "aggregate: 'mask' must have shape [B, T], got (3,)", lambda: ti.aggregate(z(1, 3), ones_mask(3))
+    )
     raises(
         ValueError,
         "token_logprobs: 'logits' must have shape [B, T, V], got (2, 3)",
         lambda: ti.token_logprobs(z(2, 3), torch.zeros(2, 3, dtype=torch.long)),
     )
-    raises(ValueError, "ranking_loss: 'rewards' must have shape [B, K], got (4)", lambda: ti.ranking_loss(z(4)))
+    raises(ValueError, "ranking_loss: 'rewards' must have shape [B, K], got (4,)", lambda: ti.ranking_loss(z(4)))
 
 
 def test_dtype() -> None:

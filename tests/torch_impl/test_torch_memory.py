@@ -1,0 +1,163 @@
+"""Memory discipline of token_logprobs / entropy_from_logits: no second [B, T, V] tensor, no float32 upcast.
+
+Three measurements:
+
+1. a dispatch-level spy (``TorchDispatchMode``) that records every tensor storage allocated by the aten ops of a
+   forward + backward pass: the largest float32 one must be one [B, chunk, V] slice, and the only full-size
+   allocation must be the gradient itself (backward), none in the forward;
+2. peak RSS of a subprocess (``resource.getrusage``) on a large bf16 input, chunked vs a naive
+   ``log_softmax(logits.float())``;
+3. on CUDA, ``torch.cuda.max_memory_allocated`` (marked ``gpu``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from rlhf_oracle import torch_impl as ti
+from rlhf_oracle.torch_impl.logprobs import CHUNK_ELEMENTS, _chunk_length
+
+
+class _AllocationSpy(TorchDispatchMode):
+    """Records (nbytes, dtype) of every new storage returned by an aten op."""
+
+    def __init__(self, known: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.known = {t.untyped_storage().data_ptr() for t in known}
+        self.allocations: list[tuple[int, torch.dtype]] = []
+
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in self.known:
+                self.known.add(t.untyped_storage().data_ptr())
+                self.allocations.append((t.untyped_storage().nbytes(), t.dtype))
+        return out
+
+
+def _spy(fn: Callable[[], Any], known: list[torch.Tensor]) -> list[tuple[int, torch.dtype]]:
+    with _AllocationSpy(known) as spy:
+        fn()
+    return spy.allocations
+
+
+@pytest.mark.parametrize("which", ["token_logprobs", "entropy_from_logits"])
+def test_largest_temporary_is_one_chunk(which: str) -> None:
+    b, t, v, chunk = 2, 64, 500, 8
+    logits = torch.randn(b, t, v, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16).requires_grad_(True)
+    tokens = torch.randint(0, v, (b, t), generator=torch.Generator().manual_seed(1))
+    full_bf16 = b * t * v * 2
+    chunk_f32 = b * chunk * v * 4
+
+    def forward() -> torch.Tensor:
+        if which == "token_logprobs":
+            return ti.token_logprobs(logits, tokens, chunk_size=chunk)
+        return ti.entropy_from_logits(logits, chunk_size=chunk)
+
+    holder: list[torch.Tensor] = []
+    fwd = _spy(lambda: holder.append(forward()), [logits, tokens])
+    assert max(n for n, d in fwd if d == torch.float32) <= chunk_f32
+    assert max(n for n, _ in fwd) <= chunk_f32  # nothing full-size at all in the forward
+    out = holder[0]
+    bwd = _spy(lambda: out.sum().backward(), [logits, tokens, out])
+    float32_sizes = [n for n, d in bwd if d == torch.float32]
+    assert max(float32_sizes) <= chunk_f32
+    full_size = [(n, d) for n, d in bwd if n >= full_bf16]
+    assert full_size == [(full_bf16, torch.bfloat16)]  # the gradient, in the input dtype, and nothing else
+    assert logits.grad is not None and logits.grad.dtype == torch.bfloat16
+
+
+def test_default_chunk_holds_about_chunk_elements() -> None:
+    logits = torch.empty(4, 4096, 32000, dtype=torch.bfloat16, device="meta")
+    chunk = _chunk_length(logits, None)
+    assert chunk == CHUNK_ELEMENTS // (4 * 32000) and 4 * chunk * 32000 <= CHUNK_ELEMENTS
+    assert _chunk_length(torch.empty(1, 3, 10**8, device="meta"), None) == 1  # a single huge row: one position
+
+
+_RSS_SCRIPT = """
+import json, resource, sys, torch
+from rlhf_oracle import torch_impl as ti
+torch.set_num_threads(2)
+b, t, v = 1, 2048, 32768
+logits = torch.empty(b, t, v, dtype=torch.bfloat16).fill_(0.5)  # touched, so resident before 'before'
+tokens = torch.randint(0, v, (b, t))
+ti.token_logprobs(logits[:, :4], tokens[:, :4])  # warm-up: one-off allocations of the kernels
+torch.log_softmax(logits[:, :4].float(), -1)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with torch.no_grad():
+    if sys.argv[1] == "chunked":
+        out = ti.token_logprobs(logits, tokens)
+    else:
+        out = torch.log_softmax(logits.float(), -1).gather(-1, tokens[..., None]).squeeze(-1)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"input_kib": logits.numel() * 2 // 1024, "extra_kib": after - before}))
+"""
+
+
+def _peak_extra(modes: tuple[str, ...]) -> dict[str, dict[str, int]]:
+    """Run the script once per mode, in parallel subprocesses; parse the JSON line each prints."""
+    # A fixed glibc mmap threshold (1 MiB) turns off its dynamic threshold, under which freed 16 MiB temporaries are
+    # recycled inside a fragmenting heap: then every large tensor is its own mapping, returned to the OS when freed,
+    # and peak RSS measures live tensors rather than allocator fragmentation.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+    procs = {
+        mode: subprocess.Popen(
+            [sys.executable, "-c", _RSS_SCRIPT, mode],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for mode in modes
+    }
+    results = {}
+    for mode, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        results[mode] = json.loads(out.strip().splitlines()[-1])
+    return results
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in KiB is Linux-specific")
+def test_peak_rss_chunked_vs_naive_bf16() -> None:
+    results = _peak_extra(("chunked", "naive"))
+    chunked, naive = results["chunked"], results["naive"]
+    input_kib = chunked["input_kib"]  # 128 MiB of bf16 logits
+    # naive: a float32 upcast (2x the input) plus the float32 log_softmax (2x): about 4x the input
+    assert naive["extra_kib"] > 2 * input_kib, naive
+    # chunked: a few [1, 128, 32768] float32 temporaries (16 MiB each), far below one input (measured: ~31 MiB)
+    assert chunked["extra_kib"] < input_kib // 2, chunked
+
+
+@pytest.mark.gpu
+def test_cuda_peak_memory() -> None:
+    device = torch.device("cuda")
+    b, t, v = 4, 4096, 32000
+    logits = torch.randn(b, t, v, device=device, dtype=torch.bfloat16).requires_grad_(True)
+    tokens = torch.randint(0, v, (b, t), device=device)
+    input_bytes = logits.numel() * 2
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    out = ti.token_logprobs(logits, tokens) + ti.entropy_from_logits(logits)
+    torch.cuda.synchronize()
+    forward_extra = torch.cuda.max_memory_allocated() - base
+    assert forward_extra < input_bytes // 4, forward_extra
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    out.sum().backward()
+    torch.cuda.synchronize()
+    backward_extra = torch.cuda.max_memory_allocated() - base
+    # the gradient (one input-sized bf16 tensor, two while the two contributions are summed) plus chunk temporaries
+    assert backward_extra < 2 * input_bytes + input_bytes // 4, backward_extra
