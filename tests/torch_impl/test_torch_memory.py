@@ -141,7 +141,8 @@ def test_peak_rss_chunked_vs_naive_bf16() -> None:
 
 
 @pytest.mark.gpu
-def test_cuda_peak_memory() -> None:
+@pytest.mark.parametrize("which", ["token_logprobs", "entropy_from_logits"])
+def test_cuda_peak_memory(which: str) -> None:
     device = torch.device("cuda")
     b, t, v = 4, 4096, 32000
     logits = torch.randn(b, t, v, device=device, dtype=torch.bfloat16).requires_grad_(True)
@@ -150,14 +151,18 @@ def test_cuda_peak_memory() -> None:
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    out = ti.token_logprobs(logits, tokens) + ti.entropy_from_logits(logits)
+    if which == "token_logprobs":
+        out = ti.token_logprobs(logits, tokens)
+    else:
+        out = ti.entropy_from_logits(logits)
     torch.cuda.synchronize()
     forward_extra = torch.cuda.max_memory_allocated() - base
-    assert forward_extra < input_bytes // 4, forward_extra
+    # chunk temporaries of ~16 MiB (default CHUNK_ELEMENTS) against 1000 MiB of logits
+    assert forward_extra < input_bytes // 8, forward_extra
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     out.sum().backward()
     torch.cuda.synchronize()
     backward_extra = torch.cuda.max_memory_allocated() - base
-    # the gradient (one input-sized bf16 tensor, two while the two contributions are summed) plus chunk temporaries
-    assert backward_extra < 2 * input_bytes + input_bytes // 4, backward_extra
+    # the gradient (one input-sized bf16 tensor) plus chunk temporaries; a naive float32 path needs >= 3x the input
+    assert backward_extra < input_bytes + input_bytes // 8, backward_extra
