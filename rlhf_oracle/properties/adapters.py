@@ -1,0 +1,241 @@
+"""Adapters: make a third-party function look like the reference's signature before it is checked.
+
+**Protocol.** An adapter is any callable ``adapter(candidate) -> wrapped`` where ``wrapped`` takes the
+reference's arguments (torch tensors in the reference's positional order, hyper-parameters by keyword) and
+returns the reference's output (a tensor, a float, or a tuple for ``gae``). Compose several with
+:func:`compose` (applied left to right: ``compose(a, b)(f) == b(a(f))``).
+
+Two optional attributes on ``wrapped`` tell the check about it:
+
+- ``__rlhf_oracle_accepts__``: the keyword names the wrapped function accepts (a frozenset), or ``None`` for
+  any; by default the check inspects the signature. Hyper-parameters it does not accept are left at the
+  reference default instead of being drawn, and conventions passed to the check are not forwarded to it.
+- ``__rlhf_oracle_no_grad__ = True``: the function cannot be differentiated (e.g. it goes through NumPy), so
+  the gradient property is skipped instead of failing.
+
+Ready-made adapters: :func:`first`, :func:`take`, :func:`negate`, :func:`ratio_input`, :func:`numpy_io`,
+:func:`rename`, :func:`reorder`, :func:`float_mask`. :func:`parse` builds them from the CLI's ``--adapter``
+strings (``first``, ``take:1``, ``take:loss``, ``negate``, ``ratio``, ``numpy``, ``rename:clip_eps=cliprange``,
+``reorder:2,0,1,3``, ``float_mask``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "ACCEPTS_ATTR",
+    "NO_GRAD_ATTR",
+    "Adapter",
+    "accepted_kwargs",
+    "compose",
+    "first",
+    "float_mask",
+    "negate",
+    "numpy_io",
+    "parse",
+    "ratio_input",
+    "rename",
+    "reorder",
+    "take",
+]
+
+Adapter = Callable[[Callable[..., Any]], Callable[..., Any]]
+ACCEPTS_ATTR = "__rlhf_oracle_accepts__"
+NO_GRAD_ATTR = "__rlhf_oracle_no_grad__"
+
+
+def accepted_kwargs(fn: Callable[..., Any]) -> frozenset[str] | None:
+    """Keyword names ``fn`` accepts; ``None`` when it takes ``**kwargs`` (or its signature is unknown)."""
+    if hasattr(fn, ACCEPTS_ATTR):
+        accepts: frozenset[str] | None = getattr(fn, ACCEPTS_ATTR)
+        return accepts
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    names = set()
+    for p in sig.parameters.values():
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            return None
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+            names.add(p.name)
+    return frozenset(names)
+
+
+def _mark(wrapped: Callable[..., Any], inner: Callable[..., Any], accepts: Any = "same") -> Callable[..., Any]:
+    setattr(wrapped, ACCEPTS_ATTR, accepted_kwargs(inner) if accepts == "same" else accepts)
+    if getattr(inner, NO_GRAD_ATTR, False):
+        setattr(wrapped, NO_GRAD_ATTR, True)
+    wrapped.__name__ = getattr(inner, "__name__", "candidate")
+    wrapped.__doc__ = getattr(inner, "__doc__", None)
+    return wrapped
+
+
+def compose(*adapters: Adapter) -> Adapter:
+    """Apply ``adapters`` left to right."""
+
+    def adapter(candidate: Callable[..., Any]) -> Callable[..., Any]:
+        for a in adapters:
+            candidate = a(candidate)
+        return candidate
+
+    return adapter
+
+
+def take(key: int | str) -> Adapter:
+    """Keep one part of a tuple/dict/attribute output: ``take(0)`` for ``(loss, stats)``, ``take("loss")``."""
+
+    def adapter(candidate: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            out = candidate(*args, **kwargs)
+            if isinstance(key, int):
+                return out[key]
+            if isinstance(out, Mapping):
+                return out[key]
+            return getattr(out, key)
+
+        return _mark(wrapped, candidate)
+
+    return adapter
+
+
+def first(candidate: Callable[..., Any]) -> Callable[..., Any]:
+    """The first element of a tuple output (``loss, stats = f(...)``); other outputs pass unchanged."""
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        out = candidate(*args, **kwargs)
+        return out[0] if isinstance(out, tuple | list) else out
+
+    return _mark(wrapped, candidate)
+
+
+def negate(candidate: Callable[..., Any]) -> Callable[..., Any]:
+    """Minus the output: for a function that returns the objective J where the reference returns the loss -J
+    (or the reverse)."""
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        out = candidate(*args, **kwargs)
+        if isinstance(out, tuple):
+            return type(out)(*(-o for o in out)) if hasattr(out, "_fields") else tuple(-o for o in out)
+        return -out
+
+    return _mark(wrapped, candidate)
+
+
+def ratio_input(candidate: Callable[..., Any]) -> Callable[..., Any]:
+    """For a PPO function written in ratios: ``candidate(ratio, advantages, *rest)`` is called with
+    ``ratio = exp(logp - logp_old)`` (differentiable with respect to ``logp``)."""
+
+    def wrapped(logp: Any, logp_old: Any, *rest: Any, **kwargs: Any) -> Any:
+        return candidate(torch.exp(logp - logp_old), *rest, **kwargs)
+
+    return _mark(wrapped, candidate)
+
+
+def _to_numpy(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        t = x.detach().cpu()
+        if t.dtype in (torch.bfloat16, torch.float16):
+            t = t.to(torch.float32)
+        return t.numpy()
+    return x
+
+
+def numpy_io(candidate: Callable[..., Any]) -> Callable[..., Any]:
+    """For a NumPy function: tensors are passed as NumPy arrays (bf16/fp16 as float32) and the output is turned
+    back into a tensor. Gradients cannot flow through NumPy, so the gradient property is skipped."""
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        out = candidate(*(_to_numpy(a) for a in args), **{k: _to_numpy(v) for k, v in kwargs.items()})
+        if isinstance(out, tuple):
+            parts = tuple(torch.as_tensor(np.asarray(o)) for o in out)
+            return type(out)(*parts) if hasattr(out, "_fields") else parts
+        return torch.as_tensor(np.asarray(out))
+
+    _mark(wrapped, candidate)
+    setattr(wrapped, NO_GRAD_ATTR, True)
+    return wrapped
+
+
+def rename(mapping: Mapping[str, str] | None = None, /, **names: str) -> Adapter:
+    """Keyword names differ: ``rename(clip_eps="cliprange")`` passes the reference's ``clip_eps`` to the
+    candidate as ``cliprange``."""
+    table = {**(mapping or {}), **names}
+
+    def adapter(candidate: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            return candidate(*args, **{table.get(k, k): v for k, v in kwargs.items()})
+
+        inner = accepted_kwargs(candidate)
+        reverse = {v: k for k, v in table.items()}
+        accepts = None if inner is None else frozenset(reverse.get(k, k) for k in inner)
+        return _mark(wrapped, candidate, accepts)
+
+    return adapter
+
+
+def reorder(order: Sequence[int]) -> Adapter:
+    """Positional order differs: the candidate's i-th positional argument is the reference's ``order[i]``-th
+    (``reorder([2, 0, 1, 3])`` for ``f(advantages, logp, logp_old, mask)``)."""
+
+    def adapter(candidate: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            return candidate(*(args[i] for i in order), *args[len(order) :], **kwargs)
+
+        return _mark(wrapped, candidate)
+
+    return adapter
+
+
+def float_mask(candidate: Callable[..., Any]) -> Callable[..., Any]:
+    """Bool tensors (masks) are passed as 0/1 tensors of the first floating input's dtype."""
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        values = [*args, *kwargs.values()]
+        dtype = next((v.dtype for v in values if isinstance(v, torch.Tensor) and v.is_floating_point()), torch.float32)
+
+        def conv(x: Any) -> Any:
+            return x.to(dtype) if isinstance(x, torch.Tensor) and x.dtype == torch.bool else x
+
+        return candidate(*(conv(a) for a in args), **{k: conv(v) for k, v in kwargs.items()})
+
+    return _mark(wrapped, candidate)
+
+
+def _parse_one(spec: str) -> Adapter:
+    name, _, arg = spec.partition(":")
+    name = name.strip().replace("-", "_")
+    simple: dict[str, Adapter] = {
+        "first": first,
+        "negate": negate,
+        "ratio": ratio_input,
+        "ratio_input": ratio_input,
+        "numpy": numpy_io,
+        "numpy_io": numpy_io,
+        "float_mask": float_mask,
+    }
+    if name in simple:
+        return simple[name]
+    if name == "take":
+        return take(int(arg) if arg.lstrip("-").isdigit() else arg)
+    if name == "rename":
+        pairs = dict(p.split("=", 1) for p in arg.split(",") if p)
+        return rename(pairs)
+    if name == "reorder":
+        return reorder([int(i) for i in arg.split(",")])
+    raise ValueError(
+        f"unknown adapter {spec!r}; known: first, take:KEY, negate, ratio, numpy, rename:a=b,..., reorder:i,j,..., "
+        "float_mask"
+    )
+
+
+def parse(specs: str | Sequence[str]) -> Adapter:
+    """Adapters from strings (the CLI's ``--adapter``), composed left to right."""
+    items = [specs] if isinstance(specs, str) else list(specs)
+    return compose(*(_parse_one(s) for s in items))

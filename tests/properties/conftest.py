@@ -1,0 +1,3 @@
+"""Configuration of the oracle's own tests: pytester for the plugin tests."""
+
+pytest_plugins = ["pytester"]
