@@ -36,19 +36,45 @@ def _svg_data_uri(fig: object) -> str:
     return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _pyplot():  # type: ignore[no-untyped-def]
+CJK_FONT_HINTS = ("WenQuanYi", "Noto Sans CJK", "Noto Serif CJK", "Source Han", "Droid Sans Fallback", "SimHei")
+
+
+def _cjk_font() -> str | None:
+    """A font with Chinese glyphs known to matplotlib, if the machine has one."""
+    from matplotlib import font_manager
+
+    names = sorted({f.name for f in font_manager.fontManager.ttflist if f.name.startswith(CJK_FONT_HINTS)})
+    return names[0] if names else None
+
+
+def _pyplot(lang: Lang):  # type: ignore[no-untyped-def]
+    """pyplot, set up for the page language; returns (plt, the language the labels can be written in).
+
+    The SVG holds text as paths, so the browser needs no font; matplotlib needs one with Chinese glyphs to draw
+    Chinese labels. Without one (a bare CI machine), the Chinese page gets the English labels, not empty boxes.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"svg.hashsalt": "rlhf_oracle", "font.size": 9, "axes.grid": True, "grid.alpha": 0.3})
-    return plt
+    cjk = _cjk_font() if lang == "zh" else None
+    plt.rcParams.update(
+        {
+            "svg.hashsalt": "rlhf_oracle",
+            "svg.fonttype": "path",
+            "font.size": 9,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "font.family": ["DejaVu Sans", cjk] if cjk else ["DejaVu Sans"],
+        }
+    )
+    return plt, ("zh" if cjk else "en")
 
 
 def plot_ppo_clip(lang: Lang) -> tuple[str, str]:
     """Objective and gradient of PPO-Clip against r, for A = +1 and A = -1 (eps = 0.2)."""
-    plt = _pyplot()
+    page_lang, (plt, lang) = lang, _pyplot(lang)  # lang: the language of the labels
     eps = 0.2
     r = np.linspace(0.3, 1.8, 601)
     logp, logp_old = np.log(r), np.zeros_like(r)
@@ -58,7 +84,7 @@ def plot_ppo_clip(lang: Lang) -> tuple[str, str]:
         objective = ref.ppo_clip_objective(logp, logp_old, adv, eps)
         grad = ref.ppo_clip_grad(logp, logp_old, adv, eps)
         ax = axes[0, col]
-        ax.plot(r, r * adv_value, color="0.6", ls="--", lw=1, label=_tr(lang, "unclipped $rA$", "未截断 $rA$"))
+        ax.plot(r, r * adv_value, color="0.6", ls="--", lw=1, label=_tr(lang, "unclipped $rA$", "未截断 r·A"))
         ax.plot(r, objective, color="C0", lw=2, label=r"$L^{CLIP}$")
         ax.set_title(f"$A = {adv_value:+g}$, $\\epsilon = {eps}$")
         ax.set_ylabel(_tr(lang, "objective", "目标函数"))
@@ -75,7 +101,7 @@ def plot_ppo_clip(lang: Lang) -> tuple[str, str]:
             a.axvspan(*flat, color="C1", alpha=0.12)
     fig.tight_layout()
     alt = _tr(
-        lang,
+        page_lang,
         "PPO-Clip objective and its gradient against r for A = +1 and A = -1",
         "A = +1 与 A = -1 时 PPO-Clip 目标函数及其梯度随 r 的变化",
     )
@@ -84,7 +110,7 @@ def plot_ppo_clip(lang: Lang) -> tuple[str, str]:
 
 def plot_kl_estimators(lang: Lang) -> tuple[str, str]:
     """k1, k2, k3 as functions of the log-ratio Delta = log pi - log pi_ref."""
-    plt = _pyplot()
+    page_lang, (plt, lang) = lang, _pyplot(lang)  # lang: the language of the labels
     delta = np.linspace(-2.0, 2.0, 401)
     zeros = np.zeros_like(delta)
     fig, ax = plt.subplots(figsize=(6.0, 3.4))
@@ -97,13 +123,13 @@ def plot_kl_estimators(lang: Lang) -> tuple[str, str]:
     ax.legend()
     fig.tight_layout()
     return _svg_data_uri(fig), _tr(
-        lang, "The three KL estimators against the log-ratio", "三种 KL 估计量随对数比的变化"
+        page_lang, "The three KL estimators against the log-ratio", "三种 KL 估计量随对数比的变化"
     )
 
 
 def plot_pairwise_loss(lang: Lang) -> tuple[str, str]:
     """-log sigmoid(Delta) and its derivative sigmoid(Delta) - 1, from reference.reward_model_loss."""
-    plt = _pyplot()
+    page_lang, (plt, lang) = lang, _pyplot(lang)  # lang: the language of the labels
     gaps = np.linspace(-5.0, 5.0, 201)
     loss = np.array([ref.reward_model_loss([g], [0.0]) for g in gaps])
     h = 1e-5
@@ -117,7 +143,7 @@ def plot_pairwise_loss(lang: Lang) -> tuple[str, str]:
     ax.set_xlabel(r"$\Delta = r_\theta(x, y_w) - r_\theta(x, y_l)$")
     ax.legend()
     fig.tight_layout()
-    return _svg_data_uri(fig), _tr(lang, "Pairwise reward-model loss and its slope", "成对奖励模型损失及其斜率")
+    return _svg_data_uri(fig), _tr(page_lang, "Pairwise reward-model loss and its slope", "成对奖励模型损失及其斜率")
 
 
 PLOTS: dict[str, Callable[[Lang], tuple[str, str]]] = {
@@ -223,6 +249,7 @@ def table_kl_estimators(lang: Lang) -> str:
         for mu in (0.1, 1.0):
             bias, std = computed[mu][kind]
             printed_bias, printed_std = SCHULMAN_PRINTED[mu][kind]
+            bias = 0.0 if abs(bias) < 5e-5 else bias  # no "-0.0000" for an unbiased estimator
             cells.append(f"{bias:.4f} ({printed_bias:g})")
             cells.append(f"{std:.4f} ({printed_std:g})")
         rows.append(cells)
