@@ -1,0 +1,189 @@
+"""``rlhf-oracle``: the command line.
+
+Subcommands:
+
+- ``demo``: the end-to-end miniature RLHF pipeline (SFT -> reward model -> PPO, with the float64 oracle in the
+  loop); see :mod:`rlhf_oracle.e2e`. Every :class:`~rlhf_oracle.e2e.config.DemoConfig` field is a flag.
+- ``check``: the property-based oracle against an implementation; owned by :mod:`rlhf_oracle.properties.cli`,
+  imported lazily so that ``demo`` works without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_HALTED = 3
+EXIT_ORACLE = 4
+
+
+def _parse_optional(base: type) -> Any:
+    def parse(text: str) -> Any:
+        if text.lower() in ("none", "null", ""):
+            return None
+        return base(text)
+
+    parse.__name__ = f"{base.__name__} or none"
+    return parse
+
+
+def _parse_float_list(text: str) -> tuple[float, ...]:
+    text = text.strip()
+    if not text:
+        return ()
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0,0.05,0.2, got {text!r}") from e
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``demo``: run control plus one flag per DemoConfig field (help = the field's docstring)."""
+    from rlhf_oracle.e2e.config import DemoConfig, field_docs, field_kind
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--config", type=Path, help="JSON file of DemoConfig fields (flags given here override it)")
+    run.add_argument("--out", type=Path, help="run folder (default: runs/<timestamp>)")
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    docs = field_docs(DemoConfig)
+    defaults = DemoConfig()
+    group = parser.add_argument_group("configuration (DemoConfig fields)")
+    for f in dataclasses.fields(DemoConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        shown = ",".join(f"{b:g}" for b in default) if isinstance(default, tuple) else default
+        help_text = f"{docs.get(f.name, '')} (default: {shown})".replace("%", "%%")
+        base, optional, is_tuple = field_kind(f)
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
+        if is_tuple:
+            group.add_argument(flag, type=_parse_float_list, metavar="B1,B2,...", **kwargs)
+        elif base is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif optional:
+            metavar = f"{base.__name__.upper()}|none"
+            group.add_argument(flag, type=_parse_optional(base), metavar=metavar, **kwargs)
+        else:
+            group.add_argument(flag, type=base, metavar=base.__name__.upper(), **kwargs)
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """DemoConfig from defaults < --config file < explicit flags."""
+    import json
+
+    from rlhf_oracle.e2e.config import DemoConfig
+
+    names = {f.name for f in dataclasses.fields(DemoConfig)}
+    values: dict[str, Any] = {}
+    if args.config is not None:
+        values.update(json.loads(Path(args.config).read_text()))
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    return DemoConfig.from_dict(values)
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is built in code: never reach for the hub
+    from rich.console import Console
+
+    from rlhf_oracle.e2e.config import DemoConfig
+    from rlhf_oracle.e2e.oracle import OracleDivergenceError
+    from rlhf_oracle.e2e.ppo import Halted
+    from rlhf_oracle.e2e.run import default_run_dir, run_demo, summary_table
+
+    console = Console()
+    names = {f.name for f in dataclasses.fields(DemoConfig)}
+    if args.resume is not None:
+        given = sorted(k for k in vars(args) if k in names)
+        if given or args.config is not None or args.out is not None:
+            console.print(f"[red]--resume takes no configuration flags (got {given or '--config/--out'}).[/red]")
+            return 2
+        out = Path(args.resume)
+        if not (out / "config.json").exists():
+            console.print(f"[red]--resume: {out} has no config.json; is it a demo run folder?[/red]")
+            return 2
+        cfg = DemoConfig.load(out / "config.json")
+        cfg.halt_after_step = None
+    else:
+        try:
+            cfg = config_from_args(args)
+        except (ValueError, TypeError) as e:
+            console.print(f"[red]{e}[/red]")
+            return 2
+        out = args.out if args.out is not None else default_run_dir()
+    console.print(f"run folder: [bold]{out}[/bold]")
+    try:
+        summary = run_demo(cfg, out, resume=args.resume is not None, progress=not args.quiet)
+    except Halted as e:
+        console.print(f"[yellow]{e}. Continue with: rlhf-oracle demo --resume {out}[/yellow]")
+        return EXIT_HALTED
+    except OracleDivergenceError as e:
+        console.print(f"[red]{e}[/red]")
+        return EXIT_ORACLE
+    console.print(summary_table(summary))
+    console.print(f"plots: {', '.join(summary['plots'])}")
+    return 0
+
+
+def _properties_cli() -> Any:
+    """``rlhf_oracle.properties.cli``, imported only when ``check`` is used (ImportError if unavailable)."""
+    return importlib.import_module("rlhf_oracle.properties.cli")
+
+
+def _add_check_arguments(parser: argparse.ArgumentParser) -> None:
+    try:
+        properties_cli = _properties_cli()
+    except ImportError:
+        return  # reported by the handler
+    properties_cli.add_arguments(parser)
+
+
+def run_check_command(args: argparse.Namespace) -> int:
+    try:
+        properties_cli = _properties_cli()
+    except ImportError as e:
+        print(
+            f"rlhf-oracle check: the property-based oracle is not available ({e}). "
+            "Install the package with its 'torch' extra: pip install 'rlhf-oracle[torch]'.",
+            file=sys.stderr,
+        )
+        return 2
+    return int(properties_cli.run(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlhf-oracle", description="A verified reference implementation and test oracle for PPO in RLHF."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser(
+        "demo",
+        help="end-to-end miniature RLHF (SFT -> reward model -> PPO) with the float64 oracle in the loop",
+        description=(
+            "Train a tiny GPT-2 with the InstructGPT recipe on a synthetic task whose gold reward is hidden from "
+            "the reward model, checking every PPO step against the NumPy float64 reference. CPU, a few minutes."
+        ),
+    )
+    add_demo_arguments(demo)
+    demo.set_defaults(handler=run_demo_command)
+    check = sub.add_parser("check", help="property-based checks of an implementation against the reference")
+    _add_check_arguments(check)
+    check.set_defaults(handler=run_check_command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    code: int = args.handler(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,248 @@
+"""The demo's configuration: one dataclass, every field with a one-line docstring that becomes ``--help``.
+
+Every convention the training loop could make silently (where the score lands, which KL estimator, whitening
+variance, loss aggregation, value clip range, ...) is a field here and is passed by keyword to the
+``rlhf_oracle.torch_impl`` function that implements it (and to its ``rlhf_oracle.reference`` twin in the oracle).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import json
+import textwrap
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class DemoConfig:
+    """Built-in defaults of ``rlhf-oracle demo``: SFT -> reward model -> PPO on the letter-repeat task."""
+
+    # --- run ---------------------------------------------------------------------------------------
+    seed: int = 0
+    """Seed of every random draw (task data, initialisation, sampling, minibatch order)."""
+    device: str = "cpu"
+    """Torch device: 'cpu' (bit-for-bit reproducible), 'cuda', 'cuda:1', ... or 'auto' (cuda if available)."""
+    dtype: str = "float32"
+    """'float32', or 'bfloat16' (bf16 autocast for the model forward passes; CUDA only). Losses stay float32."""
+    num_threads: int = 1
+    """torch.set_num_threads on CPU (fixed for reproducibility; 1 is fastest for these tiny models on shared cores)."""
+    deterministic: bool = True
+    """Call torch.use_deterministic_algorithms(True) (warn_only on CUDA)."""
+
+    # --- task --------------------------------------------------------------------------------------
+    alphabet: str = "abcdefgh"
+    """Letters of prompts and replies; the gold reward counts the prompt's first letter in the reply."""
+    prompt_len: int = 4
+    """Letters per prompt (the prompt text is these letters followed by ':')."""
+    max_new_tokens: int = 12
+    """Response budget in tokens (EOS included); a reply without EOS in the budget is truncated."""
+    demo_target_rate: float = 0.25
+    """Chance that a demonstration letter is the target letter (uniform otherwise): mediocre demonstrations."""
+    demo_min_len: int = 3
+    """Shortest demonstration reply, in letters."""
+    demo_max_len: int = 8
+    """Longest demonstration reply, in letters."""
+
+    # --- models ------------------------------------------------------------------------------------
+    n_layer: int = 2
+    """GPT-2 layers (policy, reference, reward model and critic share the architecture)."""
+    n_embd: int = 64
+    """GPT-2 width."""
+    n_head: int = 4
+    """GPT-2 attention heads."""
+
+    # --- SFT ---------------------------------------------------------------------------------------
+    sft_examples: int = 4096
+    """Demonstrations in the SFT corpus (also the corpus of the ptx term)."""
+    sft_steps: int = 200
+    """SFT optimiser steps."""
+    sft_batch_size: int = 64
+    """SFT batch size (sequences)."""
+    sft_lr: float = 3e-3
+    """SFT Adam learning rate."""
+
+    # --- reward model ------------------------------------------------------------------------------
+    rm_prompts: int = 2048
+    """Training prompts for the reward model, each with rm_k ranked replies (InstructGPT: K = 4..9)."""
+    rm_k: int = 4
+    """Replies ranked per prompt; ranking_loss averages over its C(K, 2) pairs."""
+    rm_label_noise: float = 0.5
+    """Std of the Gaussian noise added to the gold reward before ranking (imperfect labellers)."""
+    rm_steps: int = 200
+    """Reward-model optimiser steps."""
+    rm_batch_size: int = 16
+    """Prompts per reward-model batch (each with rm_k replies)."""
+    rm_lr: float = 2e-3
+    """Reward-model Adam learning rate."""
+    rm_normalize_std: bool = True
+    """Scale the RM so pi_SFT samples also have std 1 (Ziegler et al.); the mean is always shifted to 0."""
+    rm_eval_prompts: int = 512
+    """Held-out prompts for the RM's pairwise accuracy against the gold (noise-free) ordering."""
+
+    # --- PPO ---------------------------------------------------------------------------------------
+    ppo_steps: int = 60
+    """PPO iterations (each: one batch of rollouts, then ppo_epochs passes of minibatch updates)."""
+    rollout_batch_size: int = 64
+    """Prompts (= episodes) per PPO iteration."""
+    minibatch_size: int = 32
+    """Episodes per PPO minibatch update."""
+    ppo_epochs: int = 4
+    """Passes over each rollout batch (Ziegler: 4; InstructGPT: 1)."""
+    policy_lr: float = 5e-4
+    """Policy Adam learning rate (constant)."""
+    critic_lr: float = 1e-3
+    """Critic Adam learning rate (constant; a separate optimiser, so there is no value-loss coefficient)."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clip, applied to the policy and the critic separately."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts; token_logprobs uses the same one (pure sampling: no top-k/top-p)."""
+    beta: float = 0.1
+    """Initial KL coefficient beta of the per-token penalty -beta * kl_t in the reward."""
+    betas: tuple[float, ...] = ()
+    """Several initial betas: one PPO phase each from the same SFT and RM (reward-KL frontier); () = just beta."""
+    target_kl: float | None = 6.0
+    """Adaptive-KL target in nats per response (Ziegler's sum over tokens); None keeps beta fixed."""
+    kl_horizon: float = 320.0
+    """Horizon of the adaptive KL controller in episodes (beta moves by at most 20% * batch / horizon a step)."""
+    kl_kind: str = "k1"
+    """KL estimator in the reward: 'k1' (Ziegler, TRL, verl), 'k2' or 'k3'."""
+    gamma: float = 1.0
+    """GAE discount (InstructGPT: no discount)."""
+    lam: float = 0.95
+    """GAE lambda (lm-human-preferences default)."""
+    whiten_advantages: bool = True
+    """Standardise the advantages over the rollout batch (N+ detail 25)."""
+    whiten_unbiased: bool = True
+    """Bessel-corrected variance in whitening (TRL, verl) rather than population (OpenAI, OpenRLHF)."""
+    clip_eps: float = 0.2
+    """PPO ratio clip epsilon."""
+    clip_eps_high: float | None = None
+    """Upper ratio clip (DAPO clip-higher); None = clip_eps."""
+    dual_clip: float | None = None
+    """Dual-clip constant c > 1 for negative advantages (Ye et al. 2020); None = off."""
+    loss_agg: str = "seq-mean-token-mean"
+    """Aggregation of the policy loss and entropy over tokens (see rlhf_oracle aggregate modes)."""
+    value_clip_eps: float | None = 0.2
+    """Value-loss clip range around the old values (separate from clip_eps); None = unclipped."""
+    value_agg: str = "token-mean"
+    """Aggregation of the value loss over tokens."""
+    ent_coef: float = 0.0
+    """Entropy bonus coefficient: the loss subtracts ent_coef * aggregated entropy."""
+    ptx_coef: float = 0.2
+    """InstructGPT's gamma: weight of ptx_loss (SFT-corpus log-likelihood) added to the policy loss."""
+    ptx_batch_size: int = 32
+    """SFT-corpus sequences per ptx term (one batch per policy minibatch)."""
+    no_eos_score: float | None = None
+    """Score given to replies with no EOS in the budget instead of the RM score (N+ detail 23); None = RM score."""
+    eval_prompts: int = 256
+    """Fixed held-out prompts for the before/after evaluation of gold and proxy reward."""
+
+    # --- oracle ------------------------------------------------------------------------------------
+    oracle_every: int = 1
+    """Recompute every n-th PPO step with the float64 NumPy reference (0 = never)."""
+    oracle_rtol: float = 1e-4
+    """Largest allowed normwise relative discrepancy torch vs reference before the run stops (float32: ~1e-6)."""
+
+    # --- checkpoints -------------------------------------------------------------------------------
+    save_every: int = 20
+    """Write a PPO checkpoint every n steps (and at the last step)."""
+    keep_checkpoints: int = 2
+    """Most recent checkpoints kept per PPO phase."""
+    halt_after_step: int | None = None
+    """Stop (as if killed) right after this PPO step of the first unfinished phase; for testing --resume."""
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field when a value is out of range."""
+        checks: list[tuple[str, bool, str]] = [
+            ("dtype", self.dtype in ("float32", "bfloat16"), "one of 'float32', 'bfloat16'"),
+            ("alphabet", len(set(self.alphabet)) == len(self.alphabet) >= 2, "at least 2 distinct characters"),
+            ("alphabet", all(c.isalnum() for c in self.alphabet), "letters or digits only"),
+            ("prompt_len", self.prompt_len >= 1, ">= 1"),
+            ("max_new_tokens", self.max_new_tokens >= 2, ">= 2"),
+            ("demo_target_rate", 0.0 <= self.demo_target_rate <= 1.0, "in [0, 1]"),
+            ("demo_min_len", 1 <= self.demo_min_len <= self.demo_max_len, "in [1, demo_max_len]"),
+            ("demo_max_len", self.demo_max_len < self.max_new_tokens, "< max_new_tokens (room for EOS)"),
+            ("rm_k", self.rm_k >= 2, ">= 2"),
+            ("minibatch_size", 0 < self.minibatch_size <= self.rollout_batch_size, "in [1, rollout_batch_size]"),
+            ("rollout_batch_size", self.rollout_batch_size % self.minibatch_size == 0, "a multiple of minibatch_size"),
+            ("beta", self.beta >= 0, ">= 0"),
+            ("betas", all(b >= 0 for b in self.betas), "all >= 0"),
+            ("kl_kind", self.kl_kind in ("k1", "k2", "k3"), "one of 'k1', 'k2', 'k3'"),
+            ("temperature", self.temperature > 0, "> 0"),
+            ("oracle_every", self.oracle_every >= 0, ">= 0"),
+            ("oracle_rtol", self.oracle_rtol > 0, "> 0"),
+            ("save_every", self.save_every >= 1, ">= 1"),
+            ("keep_checkpoints", self.keep_checkpoints >= 1, ">= 1"),
+            ("ppo_steps", self.ppo_steps >= 1, ">= 1"),
+        ]
+        for name, ok, condition in checks:
+            if not ok:
+                raise ValueError(f"DemoConfig: '{name}' must be {condition}, got {getattr(self, name)!r}")
+
+    @property
+    def phase_betas(self) -> tuple[float, ...]:
+        """The initial beta of each PPO phase."""
+        return self.betas if self.betas else (self.beta,)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DemoConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"DemoConfig: unknown field(s) {unknown}")
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: Path) -> DemoConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def field_docs(cls: type = DemoConfig) -> dict[str, str]:
+    """The docstring under each dataclass field, read from the class source (cleanrl/tyro style)."""
+    source = textwrap.dedent(inspect.getsource(cls))
+    body = ast.parse(source).body[0]
+    assert isinstance(body, ast.ClassDef)
+    docs: dict[str, str] = {}
+    stmts = body.body
+    for stmt, nxt in zip(stmts, [*stmts[1:], None], strict=True):
+        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+                docs[stmt.target.id] = nxt.value.value.strip()
+    return docs
+
+
+def field_kind(f: dataclasses.Field[Any]) -> tuple[type, bool, bool]:
+    """(base type, optional?, tuple?) of a config field, from its resolved annotation."""
+    hints = typing.get_type_hints(DemoConfig)
+    tp = hints[f.name]
+    optional = False
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        tp = args[0]
+        origin = typing.get_origin(tp)
+    if origin is tuple:
+        return typing.get_args(tp)[0], optional, True
+    return tp, optional, False
+
+
+__all__ = ["DemoConfig", "field_docs", "field_kind"]

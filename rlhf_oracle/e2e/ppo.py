@@ -1,0 +1,515 @@
+"""Phase 3, PPO with a KL penalty in the reward (InstructGPT / Ziegler et al. 2019), read top to bottom.
+
+One PPO iteration:
+
+1. **Rollout**: ``rollout_batch_size`` fresh prompts; replies sampled from the policy with ``model.generate``
+   (pure sampling at ``temperature``).
+2. **Score**: log-probs of the replies under the policy and the frozen reference pi_SFT (``token_logprobs``), the
+   critic's values, the reward model's score at the last valid token (EOS) and, for the record only, the gold reward.
+3. **Rewards and advantages**: ``kl_shaped_rewards`` (r_t = -beta kl_t, plus the score on the last valid token),
+   ``gae`` (gamma, lambda) and ``whiten``.
+4. **Update**: ``ppo_epochs`` passes of shuffled minibatches. The policy minimises
+   ``policy_loss - ent_coef * entropy + ptx_coef * ptx_loss`` (the ptx term is the log-likelihood of a batch of the
+   SFT corpus: InstructGPT's gamma term); the critic, a separate model initialised from the reward model, minimises
+   ``value_loss`` with its own optimiser.
+5. **KL control**: the adaptive controller of Ziegler et al. updates beta from the batch's per-response KL.
+6. **Oracle** (every ``oracle_every`` steps): the same step recomputed in float64 by ``rlhf_oracle.reference``.
+
+Every formula is a call into ``rlhf_oracle.torch_impl``, and every convention those functions leave open is a
+``DemoConfig`` field passed by keyword: this loop makes no silent choice.
+
+Metrics written per step to ``metrics.jsonl`` (all means over the rollout batch unless noted):
+``gold`` gold reward; ``proxy`` reward-model score; ``kl`` per-response KL(pi || pi_SFT), the k1 sum over tokens
+(what the controller sees); ``kl_token`` its token mean; ``beta`` the coefficient used this step; ``reward`` the
+summed shaped reward; ``policy_loss``, ``value_loss``, ``entropy``, ``ptx_loss`` minibatch means; ``clipfrac`` the
+fraction of valid tokens where the ratio clip binds; ``approx_kl`` k3 between the policy after and before the
+update (per token, PPO's trust-region diagnostic); ``explained_var`` 1 - Var(returns - values) / Var(returns) of the
+critic at rollout time; ``reply_len`` response tokens incl. EOS; ``eos_rate`` replies that ended within the budget;
+``oracle`` per-quantity discrepancy vs the reference and ``oracle_max`` the largest (absent on unchecked steps).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from rlhf_oracle import torch_impl as F
+
+from . import oracle as O
+from .config import DemoConfig
+from .models import (
+    Batch,
+    ScalarHeadModel,
+    decode_replies,
+    encode_prompts,
+    response_logits,
+    response_values,
+    sample_responses,
+    sequence_scores,
+)
+from .runtime import autocast, backward, derive_seed, eval_mode, numpy_rng, rng_state, set_rng_state
+from .sft import SFTCorpus
+from .task import LetterRepeatTask
+
+PPO_STREAM = 3
+EVAL_STREAM = 4
+
+
+class Halted(Exception):
+    """Raised after the step named by ``DemoConfig.halt_after_step`` (simulates a killed run)."""
+
+
+@dataclass
+class PPOState:
+    """Everything a checkpoint holds."""
+
+    policy: GPT2LMHeadModel
+    critic: ScalarHeadModel
+    policy_opt: torch.optim.Optimizer
+    critic_opt: torch.optim.Optimizer
+    beta: float
+    kl_ctl: Any | None  # F.AdaptiveKLController when cfg.target_kl is set
+    step: int
+
+
+@dataclass
+class Rollout:
+    """One rollout batch, scored. Per-token tensors are [B, L]."""
+
+    batch: Batch
+    prompts: list[str]
+    logits: torch.Tensor  # [B, L, V] policy logits at rollout time
+    ref_logits: torch.Tensor
+    logp: torch.Tensor
+    logp_ref: torch.Tensor
+    values: torch.Tensor
+    scores: torch.Tensor  # [B] proxy (reward model) score used in the reward
+    gold: np.ndarray  # [B] gold reward (logged only)
+    kl: torch.Tensor  # per-token estimator of kind cfg.kl_kind, 0 where masked
+    rewards: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    whitened: torch.Tensor
+
+
+# --------------------------------------------------------------------------------------------------
+# rollout and scoring
+# --------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def rollout(
+    cfg: DemoConfig,
+    state: PPOState,
+    ref: GPT2LMHeadModel,
+    rm: ScalarHeadModel,
+    task: LetterRepeatTask,
+    tok: PreTrainedTokenizerFast,
+    prompts: list[str],
+    device: torch.device,
+) -> Rollout:
+    prompt_ids = encode_prompts(tok, prompts, device)
+    with eval_mode(state.policy, state.critic), autocast(cfg, device):
+        batch = sample_responses(
+            state.policy, tok, prompt_ids, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature
+        )
+        logits = response_logits(state.policy, batch)
+        ref_logits = response_logits(ref, batch)
+        values = response_values(state.critic, batch)
+        scores = sequence_scores(rm, batch)
+    mask = batch.response_mask
+    logp = F.token_logprobs(logits, batch.responses, temperature=cfg.temperature)
+    logp_ref = F.token_logprobs(ref_logits, batch.responses, temperature=cfg.temperature)
+    if cfg.no_eos_score is not None:  # N+ detail 23: a reply that never ends gets a fixed score
+        has_eos = (batch.responses == tok.eos_token_id).any(dim=1)
+        scores = torch.where(has_eos, scores, torch.full_like(scores, cfg.no_eos_score))
+    gold = task.gold_rewards(prompts, decode_replies(tok, batch))
+
+    kl = torch.where(mask, F.kl_estimate(logp, logp_ref, cfg.kl_kind), torch.zeros_like(logp))
+    # The fixed layout ends truncated replies at the last slot, so the score goes on the last valid token
+    # (= EOS when there is one): verl/OpenRLHF's convention. TRL's "after_last" would need a pad slot.
+    rewards = F.kl_shaped_rewards(scores, logp, logp_ref, mask, state.beta, kind=cfg.kl_kind, score_position="last")
+    advantages, returns = F.gae(rewards, values, mask, gamma=cfg.gamma, lam=cfg.lam)
+    if cfg.whiten_advantages:
+        whitened = F.whiten(advantages, mask, shift_mean=True, unbiased=cfg.whiten_unbiased)
+    else:
+        whitened = advantages
+    return Rollout(
+        batch,
+        prompts,
+        logits,
+        ref_logits,
+        logp,
+        logp_ref,
+        values,
+        scores,
+        gold,
+        kl,
+        rewards,
+        advantages,
+        returns,
+        whitened,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# one PPO iteration
+# --------------------------------------------------------------------------------------------------
+
+
+def ppo_step(
+    cfg: DemoConfig,
+    state: PPOState,
+    ref: GPT2LMHeadModel,
+    rm: ScalarHeadModel,
+    task: LetterRepeatTask,
+    tok: PreTrainedTokenizerFast,
+    corpus: SFTCorpus,
+    device: torch.device,
+    *,
+    phase_index: int,
+    oracle_settings: O.OracleSettings | None,
+) -> dict[str, Any]:
+    """Run PPO iteration ``state.step + 1`` in place; returns its metrics."""
+    step = state.step + 1
+    # Every random draw of this step comes from streams seeded by (seed, phase, step): a resumed run replays them.
+    step_seed = derive_seed(cfg.seed, PPO_STREAM, phase_index, step)
+    torch.manual_seed(step_seed)
+    gen = torch.Generator().manual_seed(step_seed)
+    prompts = task.sample_prompts(cfg.rollout_batch_size, numpy_rng(cfg.seed, PPO_STREAM, phase_index, step))
+
+    ro = rollout(cfg, state, ref, rm, task, tok, prompts, device)
+    mask = ro.batch.response_mask
+    n = cfg.rollout_batch_size
+    n_corpus = corpus.batch.input_ids.shape[0]
+
+    sums: dict[str, float] = {k: 0.0 for k in ("policy_loss", "value_loss", "entropy", "ptx_loss", "clipfrac")}
+    n_updates = 0
+    last: dict[str, Any] = {}
+    state.policy.train()
+    state.critic.train()
+    for _epoch in range(cfg.ppo_epochs):
+        perm = torch.randperm(n, generator=gen).to(device)
+        for idx in torch.split(perm, cfg.minibatch_size):
+            mb = ro.batch.select(idx)
+            mb_mask = mask[idx]
+            # policy (and the ptx batch in the same forward pass: one call, same layout)
+            if cfg.ptx_coef > 0:
+                ptx_idx = torch.randint(0, n_corpus, (cfg.ptx_batch_size,), generator=gen).to(device)
+                ptx_batch = corpus.batch.select(ptx_idx)
+                joint = Batch(
+                    torch.cat([mb.input_ids, ptx_batch.input_ids]),
+                    torch.cat([mb.attention_mask, ptx_batch.attention_mask]),
+                    torch.cat([mb.response_mask, ptx_batch.response_mask]),
+                    mb.prompt_len,
+                )
+            else:
+                joint = mb
+            with autocast(cfg, device):
+                all_logits = response_logits(state.policy, joint)
+            logits = all_logits[: len(idx)]
+            logp = F.token_logprobs(logits, mb.responses, temperature=cfg.temperature)
+            pg_loss = F.policy_loss(
+                logp,
+                ro.logp[idx],
+                ro.whitened[idx],
+                mb_mask,
+                clip_eps=cfg.clip_eps,
+                clip_eps_high=cfg.clip_eps_high,
+                dual_clip=cfg.dual_clip,
+                agg=cfg.loss_agg,
+            )
+            entropy = F.aggregate(F.entropy_from_logits(logits, temperature=cfg.temperature), mb_mask, cfg.loss_agg)
+            loss = pg_loss - cfg.ent_coef * entropy
+            if cfg.ptx_coef > 0:
+                # ptx: likelihood of the corpus itself (temperature 1: it is data, not a sample of the policy)
+                ptx_logp = F.token_logprobs(all_logits[len(idx) :], ptx_batch.responses)
+                ptx = F.ptx_loss(ptx_logp, ptx_batch.response_mask, agg="token-mean")
+                loss = loss + cfg.ptx_coef * ptx
+                sums["ptx_loss"] += float(ptx.detach())
+            state.policy_opt.zero_grad(set_to_none=True)
+            backward(loss)
+            torch.nn.utils.clip_grad_norm_(state.policy.parameters(), cfg.max_grad_norm)
+            state.policy_opt.step()
+
+            # critic
+            with autocast(cfg, device):
+                new_values = response_values(state.critic, mb)
+            v_loss = F.value_loss(
+                new_values, ro.values[idx], ro.returns[idx], mb_mask, clip_eps=cfg.value_clip_eps, agg=cfg.value_agg
+            )
+            state.critic_opt.zero_grad(set_to_none=True)
+            backward(v_loss)
+            torch.nn.utils.clip_grad_norm_(state.critic.parameters(), cfg.max_grad_norm)
+            state.critic_opt.step()
+
+            with torch.no_grad():
+                ratio = torch.exp(logp - ro.logp[idx])
+                hi = cfg.clip_eps if cfg.clip_eps_high is None else cfg.clip_eps_high
+                clipped = ((ratio > 1 + hi) & (ro.whitened[idx] > 0)) | (
+                    (ratio < 1 - cfg.clip_eps) & (ro.whitened[idx] < 0)
+                )
+                sums["clipfrac"] += float(clipped[mb_mask].float().mean())
+            sums["policy_loss"] += float(pg_loss.detach())
+            sums["value_loss"] += float(v_loss.detach())
+            sums["entropy"] += float(entropy.detach())
+            n_updates += 1
+            last = {
+                "idx": idx,
+                "logits": logits.detach(),
+                "logp": logp.detach(),
+                "values": new_values.detach(),
+                "policy_loss": pg_loss.detach(),
+                "entropy": entropy.detach(),
+                "value_loss": v_loss.detach(),
+            }
+    state.policy.train(False)
+    state.critic.train(False)
+
+    # diagnostics after the update: how far did the policy move from its rollout self?
+    with torch.no_grad(), autocast(cfg, device):
+        new_logits = response_logits(state.policy, ro.batch)
+    new_logp = F.token_logprobs(new_logits, ro.batch.responses, temperature=cfg.temperature)
+    approx_kl = float(F.aggregate(F.kl_estimate(new_logp, ro.logp, "k3"), mask, "token-mean"))
+
+    # KL to the reference, per response (k1 summed over tokens: Ziegler's "KL in nats" that the controller targets)
+    kl_k1 = F.kl_estimate(ro.logp, ro.logp_ref, "k1")
+    kl_sum = float(F.aggregate(kl_k1, mask, "seq-mean-token-sum"))
+    kl_token = float(F.aggregate(kl_k1, mask, "token-mean"))
+    beta_used = state.beta
+    if state.kl_ctl is not None:
+        state.beta = float(state.kl_ctl.update(kl_sum, n))
+
+    ret = ro.returns[mask]
+    explained_var = float(1.0 - torch.var(ret - ro.values[mask]) / torch.var(ret).clamp_min(1e-12))
+    metrics: dict[str, Any] = {
+        "step": step,
+        "beta": beta_used,
+        "gold": float(np.mean(ro.gold)),
+        "proxy": float(ro.scores.mean()),
+        "kl": kl_sum,
+        "kl_token": kl_token,
+        "reward": float(F.aggregate(ro.rewards, mask, "seq-mean-token-sum")),
+        "policy_loss": sums["policy_loss"] / n_updates,
+        "value_loss": sums["value_loss"] / n_updates,
+        "entropy": sums["entropy"] / n_updates,
+        "ptx_loss": sums["ptx_loss"] / n_updates if cfg.ptx_coef > 0 else None,
+        "clipfrac": sums["clipfrac"] / n_updates,
+        "approx_kl": approx_kl,
+        "explained_var": explained_var,
+        "reply_len": float(mask.float().sum(dim=1).mean()),
+        "eos_rate": float((ro.batch.responses == tok.eos_token_id).any(dim=1).float().mean()),
+    }
+
+    if oracle_settings is not None and cfg.oracle_every > 0 and step % cfg.oracle_every == 0:
+        idx = last["idx"]
+        rec = O.StepRecord(
+            logits=O.to_numpy(ro.logits),
+            ref_logits=O.to_numpy(ro.ref_logits),
+            responses=ro.batch.responses.cpu().numpy(),
+            mask=mask.cpu().numpy(),
+            scores=O.to_numpy(ro.scores),
+            values=O.to_numpy(ro.values),
+            logp=O.to_numpy(ro.logp),
+            logp_ref=O.to_numpy(ro.logp_ref),
+            kl=O.to_numpy(ro.kl),
+            rewards=O.to_numpy(ro.rewards),
+            advantages=O.to_numpy(ro.advantages),
+            returns=O.to_numpy(ro.returns),
+            whitened=O.to_numpy(ro.whitened),
+            mb_logits=O.to_numpy(last["logits"]),
+            mb_logp=O.to_numpy(last["logp"]),
+            mb_logp_old=O.to_numpy(ro.logp[idx]),
+            mb_advantages=O.to_numpy(ro.whitened[idx]),
+            mb_mask=mask[idx].cpu().numpy(),
+            mb_values=O.to_numpy(last["values"]),
+            mb_old_values=O.to_numpy(ro.values[idx]),
+            mb_returns=O.to_numpy(ro.returns[idx]),
+            policy_loss=float(last["policy_loss"]),
+            entropy=float(last["entropy"]),
+            value_loss=float(last["value_loss"]),
+            beta=beta_used,
+            beta_next=state.beta if state.kl_ctl is not None else None,
+            kl_sum=kl_sum,
+            n_episodes=n,
+        )
+        discrepancies = O.check_step(step, rec, oracle_settings)
+        metrics["oracle"] = discrepancies
+        metrics["oracle_max"] = max(discrepancies.values())
+    state.step = step
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluation, checkpoints, the phase driver
+# --------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(
+    cfg: DemoConfig,
+    policy: GPT2LMHeadModel,
+    ref: GPT2LMHeadModel,
+    rm: ScalarHeadModel,
+    task: LetterRepeatTask,
+    tok: PreTrainedTokenizerFast,
+    device: torch.device,
+) -> dict[str, float]:
+    """Gold, proxy and KL-to-reference of ``policy`` on the fixed held-out prompts (same prompts and seed always)."""
+    prompts = task.sample_prompts(cfg.eval_prompts, numpy_rng(cfg.seed, EVAL_STREAM))
+    prompt_ids = encode_prompts(tok, prompts, device)
+    torch.manual_seed(derive_seed(cfg.seed, EVAL_STREAM, 1))
+    with autocast(cfg, device):
+        batch = sample_responses(
+            policy, tok, prompt_ids, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature
+        )
+        logits = response_logits(policy, batch)
+        ref_logits = response_logits(ref, batch)
+        scores = sequence_scores(rm, batch)
+    logp = F.token_logprobs(logits, batch.responses, temperature=cfg.temperature)
+    logp_ref = F.token_logprobs(ref_logits, batch.responses, temperature=cfg.temperature)
+    kl = float(F.aggregate(F.kl_estimate(logp, logp_ref, "k1"), batch.response_mask, "seq-mean-token-sum"))
+    replies = decode_replies(tok, batch)
+    gold = task.gold_rewards(prompts, replies)
+    return {
+        "gold": float(gold.mean()),
+        "gold_std": float(gold.std()),
+        "proxy": float(scores.mean()),
+        "kl": kl,
+        "reply_len": float(batch.response_mask.float().sum(dim=1).mean()),
+        "examples": [f"{p} {r}" for p, r in zip(prompts[:6], replies[:6], strict=True)],  # type: ignore[dict-item]
+    }
+
+
+def _checkpoint_paths(phase_dir: Path) -> list[Path]:
+    return sorted((phase_dir / "checkpoints").glob("step_*.pt"))
+
+
+def save_checkpoint(phase_dir: Path, state: PPOState, keep: int) -> Path:
+    """Atomically write policy/critic/optimiser/RNG/KL-controller state; keep the ``keep`` most recent."""
+    ckpt_dir = phase_dir / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path = ckpt_dir / f"step_{state.step:06d}.pt"
+    payload = {
+        "step": state.step,
+        "policy": state.policy.state_dict(),
+        "critic": state.critic.state_dict(),
+        "policy_opt": state.policy_opt.state_dict(),
+        "critic_opt": state.critic_opt.state_dict(),
+        "beta": state.beta,
+        "kl_ctl": None if state.kl_ctl is None else {"value": state.kl_ctl.value},
+        "rng": rng_state(),
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    for old in _checkpoint_paths(phase_dir)[:-keep]:
+        old.unlink()
+    return path
+
+
+def load_checkpoint(path: Path, state: PPOState, device: torch.device) -> None:
+    payload = torch.load(path, map_location=device, weights_only=False)  # our own file: it holds RNG tuples
+    state.policy.load_state_dict(payload["policy"])
+    state.critic.load_state_dict(payload["critic"])
+    state.policy_opt.load_state_dict(payload["policy_opt"])
+    state.critic_opt.load_state_dict(payload["critic_opt"])
+    state.beta = float(payload["beta"])
+    if state.kl_ctl is not None and payload["kl_ctl"] is not None:
+        state.kl_ctl.value = float(payload["kl_ctl"]["value"])
+    state.step = int(payload["step"])
+    set_rng_state(payload["rng"])
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def phase_dirname(beta: float) -> str:
+    return f"ppo_beta{beta:g}"
+
+
+def run_ppo_phase(
+    cfg: DemoConfig,
+    *,
+    beta0: float,
+    phase_index: int,
+    phase_dir: Path,
+    sft_policy: GPT2LMHeadModel,
+    rm: ScalarHeadModel,
+    task: LetterRepeatTask,
+    tok: PreTrainedTokenizerFast,
+    corpus: SFTCorpus,
+    device: torch.device,
+    progress: bool = True,
+) -> tuple[GPT2LMHeadModel, list[dict[str, Any]]]:
+    """Train one PPO phase (resuming from its last checkpoint if any); returns the policy and all step metrics."""
+    phase_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(derive_seed(cfg.seed, PPO_STREAM, phase_index, 0))
+    ref = sft_policy
+    ref.requires_grad_(False)
+    policy = copy.deepcopy(sft_policy).requires_grad_(True)
+    critic = copy.deepcopy(rm).requires_grad_(True)  # value function initialised from the RM (InstructGPT)
+    kl_ctl = F.AdaptiveKLController(beta0, cfg.target_kl, horizon=cfg.kl_horizon) if cfg.target_kl is not None else None
+    state = PPOState(
+        policy=policy,
+        critic=critic,
+        policy_opt=torch.optim.Adam(policy.parameters(), lr=cfg.policy_lr),
+        critic_opt=torch.optim.Adam(critic.parameters(), lr=cfg.critic_lr),
+        beta=beta0,
+        kl_ctl=kl_ctl,
+        step=0,
+    )
+    metrics_path = phase_dir / "metrics.jsonl"
+    checkpoints = _checkpoint_paths(phase_dir)
+    if checkpoints:
+        load_checkpoint(checkpoints[-1], state, device)
+    # drop metrics of steps after the checkpoint (the run died between a metrics line and the next checkpoint)
+    history = [m for m in read_metrics(metrics_path) if m["step"] <= state.step]
+    metrics_path.write_text("".join(json.dumps(m) + "\n" for m in history))
+
+    settings = O.OracleSettings(
+        temperature=cfg.temperature,
+        kl_kind=cfg.kl_kind,
+        gamma=cfg.gamma,
+        lam=cfg.lam,
+        whiten_advantages=cfg.whiten_advantages,
+        whiten_unbiased=cfg.whiten_unbiased,
+        clip_eps=cfg.clip_eps,
+        clip_eps_high=cfg.clip_eps_high,
+        dual_clip=cfg.dual_clip,
+        loss_agg=cfg.loss_agg,
+        value_clip_eps=cfg.value_clip_eps,
+        value_agg=cfg.value_agg,
+        target_kl=cfg.target_kl,
+        kl_horizon=cfg.kl_horizon,
+        rtol=cfg.oracle_rtol,
+    )
+    bar = tqdm(total=cfg.ppo_steps, initial=state.step, desc=f"PPO beta={beta0:g}", disable=not progress, leave=False)
+    with metrics_path.open("a") as f:
+        while state.step < cfg.ppo_steps:
+            m = ppo_step(
+                cfg, state, ref, rm, task, tok, corpus, device, phase_index=phase_index, oracle_settings=settings
+            )
+            history.append(m)
+            f.write(json.dumps(m) + "\n")
+            f.flush()
+            if state.step % cfg.save_every == 0 or state.step == cfg.ppo_steps:
+                save_checkpoint(phase_dir, state, cfg.keep_checkpoints)
+            bar.update(1)
+            bar.set_postfix(gold=f"{m['gold']:.2f}", kl=f"{m['kl']:.2f}", beta=f"{m['beta']:.3g}")
+            if cfg.halt_after_step is not None and state.step == cfg.halt_after_step:
+                bar.close()
+                raise Halted(f"halted after PPO step {state.step} (halt_after_step)")
+    bar.close()
+    return state.policy, history
