@@ -130,10 +130,20 @@ def negate(candidate: Callable[..., Any]) -> Callable[..., Any]:
 
 def ratio_input(candidate: Callable[..., Any]) -> Callable[..., Any]:
     """For a PPO function written in ratios: ``candidate(ratio, advantages, *rest)`` is called with
-    ``ratio = exp(logp - logp_old)`` (differentiable with respect to ``logp``)."""
+    ``ratio = exp(logp - logp_old)`` (differentiable with respect to ``logp``). Where a bool mask of the same
+    shape follows, the log-ratio is set to 0 (ratio 1) at masked positions before ``exp``, as a caller that
+    computes ratios from masked log-probabilities would, so that NaN in masked slots cannot reach the gradient
+    through the adapter itself."""
 
     def wrapped(logp: Any, logp_old: Any, *rest: Any, **kwargs: Any) -> Any:
-        return candidate(torch.exp(logp - logp_old), *rest, **kwargs)
+        delta = logp - logp_old
+        mask = next(
+            (a for a in rest if isinstance(a, torch.Tensor) and a.dtype == torch.bool and a.shape == delta.shape),
+            None,
+        )
+        if mask is not None:
+            delta = torch.where(mask, delta, torch.zeros_like(delta))
+        return candidate(torch.exp(delta), *rest, **kwargs)
 
     return _mark(wrapped, candidate)
 

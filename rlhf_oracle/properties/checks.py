@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from hypothesis import HealthCheck, given, settings, target
+from hypothesis import HealthCheck, Phase, given, settings, target
 from hypothesis import strategies as st
 
 from . import profiles
@@ -501,6 +501,8 @@ def _variant_matches(ctx: _Context, failure: Failure) -> list[str]:
         elif closest is None or ratio < closest[0]:
             closest = (ratio, v)
     current = _convention_text(spec, ctx.conventions)
+    if len(matches) > 1:
+        matches = _confirm(ctx, matches)
     if matches:
         fewest = min(d for d, _ in matches)
         best = [v for d, v in matches if d == fewest]
@@ -516,6 +518,55 @@ def _variant_matches(ctx: _Context, failure: Failure) -> list[str]:
     if closest is not None and math.isfinite(closest[0]):
         text += f"; closest: {closest[1].name} (error {closest[0]:.3g} x the tolerance)"
     return [text]
+
+
+def _sample(strategy: st.SearchStrategy[Case], n: int) -> list[Case]:
+    """``n`` cases drawn deterministically (generation only, no shrinking)."""
+    out: list[Case] = []
+
+    @settings(
+        max_examples=n,
+        derandomize=True,
+        database=None,
+        phases=[Phase.generate],
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(strategy)
+    def collect(case: Case) -> None:
+        out.append(case)
+
+    collect()
+    return out
+
+
+def _confirm(ctx: _Context, matches: list[tuple[int, Variant]], n: int = 24) -> list[tuple[int, Variant]]:
+    """A shrunk counter-example is often too small to tell variants apart (with one valid token and one pad,
+    "a pad counted" and "divided by T" agree). Keep the variants that also reproduce the candidate on ``n``
+    more cases; if none survives, keep them all."""
+    survivors = list(matches)
+    for case in _sample(ctx.spec.cases(ctx.conventions, ctx.accepted), n):
+        if len(survivors) <= 1:
+            break
+        rc = rounded(case, ctx.dtype)
+        try:
+            actual = _outputs(_candidate_call(ctx.fn, case, ctx.dtype, ctx.device, ctx.accepted))
+        except Exception:
+            continue
+        if any(not np.all(np.isfinite(a)) for a in actual):
+            continue
+        kept = []
+        for d, v in survivors:
+            try:
+                expected = _outputs(v.compute(rc))
+            except Exception:
+                continue
+            ratio, *_ = _compare(ctx.spec, rc, expected, actual, ctx.dtype, ctx.ignore_masked)
+            if ratio <= 1.0:
+                kept.append((d, v))
+        if kept:
+            survivors = kept
+    return survivors
 
 
 def _convention_text(spec: FormulaSpec, conventions: Mapping[str, Any]) -> str:

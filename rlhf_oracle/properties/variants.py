@@ -144,9 +144,16 @@ def _agg_axis(current: str, arg: str) -> list[_AggAxis]:
             None,
         ),
         _AggAxis(
-            "first pad counted",
-            "the slot after the last valid token is counted as valid (a mask extended by one, TRL's "
-            "padding_mask_p1 / DS-Chat PR #672 off-by-one)",
+            "first pad counted (as 0)",
+            "the slot after the last valid token is counted in |o| with a zero value (a mask extended by one: "
+            "TRL's padding_mask_p1 / DS-Chat PR #672 off-by-one)",
+            lambda x, m, mode, mt: _agg(_where(m, x), _first_pad_extended(m), mode, mt),
+            None,
+        ),
+        _AggAxis(
+            "first pad counted (its values used)",
+            "the slot after the last valid token is counted as valid, with whatever its inputs hold (a mask "
+            "extended by one: TRL's padding_mask_p1 / DS-Chat PR #672 off-by-one)",
             lambda x, m, mode, mt: _agg(x, _first_pad_extended(m), mode, mt),
             None,
         ),
@@ -487,7 +494,20 @@ def _kl_estimate_variants() -> list[Variant]:
     def in_clamp(c: Case) -> np.ndarray:
         return _k(c.kwargs.get("kind", "k1"), np.clip(_delta(c), -20.0, 20.0))
 
+    def clamp_ignored(c: Case) -> np.ndarray:
+        if c.kwargs.get("log_ratio_clamp") is None:
+            raise NotImplementedError
+        return _k(c.kwargs.get("kind", "k1"), _delta(c))
+
     out.append(Variant("output clamped to +-10", "the estimate clamped to [-10, 10] (OpenRLHF, verl)", out_clamp))
+    out.append(
+        Variant(
+            "log_ratio_clamp ignored",
+            "no clamp of the log-ratio before exp: exp(-Delta) overflows float32/bf16 beyond |Delta| = 88.7 "
+            "(verl #891, OpenRLHF #525: clamp before exp, not after)",
+            clamp_ignored,
+        )
+    )
     out.append(
         Variant(
             "log_ratio_clamp=20",

@@ -1,0 +1,342 @@
+"""Deliberately wrong torch implementations, each reproducing a real bug class, plus correct third-party-style
+variants that follow another documented convention.
+
+Each :class:`Mutant` names the formula, the check options to use, and the words the diagnosis must contain.
+Written independently of torch_impl (plain, readable torch), so that the oracle is tested on code it has never
+seen. The bug classes and their sources are in ``shared/research/framework-conventions.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from rlhf_oracle.properties import adapters
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    formula: str
+    fn: Callable[..., Any]
+    bug: str
+    """The bug class in words, and where it was seen."""
+    diagnosis: str | None
+    """A substring the diagnosis must contain (None: no documented convention applies)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Options of the check (conventions, dtype, adapter)."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# plain building blocks (correct)
+
+
+def _where0(mask: Tensor, x: Tensor) -> Tensor:
+    return torch.where(mask.bool(), x, torch.zeros_like(x))
+
+
+def _objective(
+    logp: Tensor,
+    logp_old: Tensor,
+    adv: Tensor,
+    clip_eps: float,
+    clip_eps_high: float | None,
+    dual_clip: float | None,
+    *,
+    pick: Callable[[Tensor, Tensor], Tensor] = torch.minimum,
+    swap_bounds: bool = False,
+    dual_on_all: bool = False,
+    straight_through_clip: bool = False,
+) -> Tensor:
+    high = clip_eps if clip_eps_high is None else clip_eps_high
+    low_bound, high_bound = (1 - high, 1 + clip_eps) if swap_bounds else (1 - clip_eps, 1 + high)
+    ratio = torch.exp(logp - logp_old)
+    clipped_ratio = ratio.clamp(low_bound, high_bound)
+    if straight_through_clip:  # same values, but the gradient flows as if never clipped
+        clipped_ratio = ratio + (clipped_ratio - ratio).detach()
+    obj = pick(ratio * adv, clipped_ratio * adv)
+    if dual_clip is not None:
+        dual = torch.maximum(obj, dual_clip * adv)
+        obj = dual if dual_on_all else torch.where(adv < 0, dual, obj)
+    return obj
+
+
+def _seq_mean_token_mean(per_token: Tensor, mask: Tensor) -> Tensor:
+    m = mask.bool()
+    return (_where0(m, per_token).sum(-1) / m.sum(-1)).mean()
+
+
+def _policy_loss(
+    reduce: Callable[[Tensor, Tensor], Tensor] = _seq_mean_token_mean, mask_inputs: bool = True, **variant: Any
+) -> Callable[..., Tensor]:
+    def policy_loss(
+        logp: Tensor,
+        logp_old: Tensor,
+        advantages: Tensor,
+        mask: Tensor,
+        clip_eps: float = 0.2,
+        clip_eps_high: float | None = None,
+        dual_clip: float | None = None,
+    ) -> Tensor:
+        m = mask.bool()
+        if mask_inputs:
+            logp, logp_old, advantages = (_where0(m, x) for x in (logp, logp_old, advantages))
+        obj = _objective(logp, logp_old, advantages, clip_eps, clip_eps_high, dual_clip, **variant)
+        return -reduce(obj, m)
+
+    return policy_loss
+
+
+def _last_valid(mask: Tensor) -> Tensor:
+    t = mask.shape[-1]
+    positions = torch.arange(t, device=mask.device).expand_as(mask)
+    return torch.where(mask.bool(), positions, -1).max(-1).values
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# policy-loss mutants
+
+
+def _first_pad_counted(per_token: Tensor, mask: Tensor) -> Tensor:
+    last = _last_valid(mask)
+    ext = mask.bool().clone()
+    rows = torch.arange(mask.shape[0])
+    ok = last + 1 < mask.shape[1]
+    ext[rows[ok], (last + 1)[ok]] = True  # TRL padding_mask_p1 / DS-Chat #672: one pad slot counted
+    return (_where0(ext, per_token).sum(-1) / ext.sum(-1)).mean()
+
+
+def _batch_token_count(per_token: Tensor, mask: Tensor) -> Tensor:
+    m = mask.bool()
+    return (_where0(m, per_token).sum(-1) / m.sum()).mean()  # |o| = tokens of the whole batch
+
+
+def _token_mean(per_token: Tensor, mask: Tensor) -> Tensor:
+    m = mask.bool()
+    return _where0(m, per_token).sum() / m.sum()
+
+
+def _multiply_by_mask(per_token: Tensor, mask: Tensor) -> Tensor:
+    mf = mask.to(per_token.dtype)
+    return ((per_token * mf).sum(-1) / mf.sum(-1)).mean()  # NaN * 0 = NaN (OpenRLHF PR #1240)
+
+
+def _policy_loss_nan_grad(
+    logp: Tensor,
+    logp_old: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_eps: float = 0.2,
+    clip_eps_high: float | None = None,
+    dual_clip: float | None = None,
+) -> Tensor:
+    # where() on the output only: right values, but NaN inputs at masked slots poison the backward pass
+    obj = _objective(logp, logp_old, advantages, clip_eps, clip_eps_high, dual_clip)
+    return -_seq_mean_token_mean(obj, mask)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# KL
+
+
+def _kl(kind_override: str | None = None, flip: bool = False, guard: bool = True) -> Callable[..., Tensor]:
+    def kl_estimate(
+        logp: Tensor, logp_ref: Tensor, kind: str = "k1", *, log_ratio_clamp: float | None = None
+    ) -> Tensor:
+        delta = logp_ref - logp if flip else logp - logp_ref
+        kind = kind_override or kind
+        if kind == "k1":
+            return delta
+        if kind == "k2":
+            return 0.5 * delta**2
+        if guard and log_ratio_clamp is not None:
+            delta = delta.clamp(-log_ratio_clamp, log_ratio_clamp)
+        return torch.exp(-delta) - 1 + delta  # without the guard: exp overflows in float32 (verl #891)
+
+    return kl_estimate
+
+
+def _kl_shaped_first_pad(
+    scores: Tensor, logp: Tensor, logp_ref: Tensor, mask: Tensor, beta: float, kind: str = "k1"
+) -> Tensor:
+    m = mask.bool()
+    rewards = _where0(m, -beta * _kl()(logp, logp_ref, kind))
+    last = _last_valid(m)
+    slot = (last + 1).clamp(max=m.shape[1] - 1)  # TRL: the first pad, or the last slot without a pad
+    rewards[torch.arange(m.shape[0]), slot] += scores
+    return rewards
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# GAE
+
+
+def _gae(bootstrap_past_end: bool = False, skip_holes: bool = True) -> Callable[..., tuple[Tensor, Tensor]]:
+    def gae(
+        rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95
+    ) -> tuple[Tensor, Tensor]:
+        m = mask.bool()
+        r, v = _where0(m, rewards), _where0(m, values)
+        adv = torch.zeros_like(r)
+        for b in range(r.shape[0]):
+            positions = torch.nonzero(m[b]).flatten().tolist() if skip_holes else list(range(r.shape[1]))
+            if not skip_holes and not m[b].any():
+                positions = []
+            next_v = torch.zeros((), dtype=r.dtype)
+            next_a = torch.zeros((), dtype=r.dtype)
+            valid = torch.nonzero(m[b]).flatten().tolist()
+            if bootstrap_past_end and valid and valid[-1] + 1 < r.shape[1]:
+                next_v = values[b, valid[-1] + 1]  # reads the pad slot's value (DS-Chat #672)
+            for t in reversed(positions):
+                delta = r[b, t] + gamma * next_v - v[b, t]
+                next_a = delta + gamma * lam * next_a
+                adv[b, t] = next_a
+                next_v = v[b, t]
+        adv = _where0(m, adv)
+        return adv, _where0(m, adv + v)
+
+    return gae
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# whiten, value loss, reward model
+
+
+def _whiten(pads_in_stats: bool = False, population: bool = False) -> Callable[..., Tensor]:
+    def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, unbiased: bool = True, *, eps: float = 1e-8) -> Tensor:
+        m = mask.bool()
+        vals = x.reshape(-1) if pads_in_stats else x[m]
+        mu = vals.mean()
+        var = vals.var(correction=0 if population else int(unbiased))
+        w = (x - mu) * torch.rsqrt(var + eps)
+        if not shift_mean:
+            w = w + mu
+        return _where0(m, w)
+
+    return whiten
+
+
+def _value_loss(pick: Callable[[Tensor, Tensor], Tensor] = torch.maximum) -> Callable[..., Tensor]:
+    def value_loss(
+        values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip_eps: float | None = 0.2
+    ) -> Tensor:
+        m = mask.bool()
+        v, old, ret = (_where0(m, x) for x in (values, old_values, returns))
+        unclipped = (v - ret) ** 2
+        if clip_eps is None:
+            per_token = 0.5 * unclipped
+        else:
+            clipped = (old + (v - old).clamp(-clip_eps, clip_eps) - ret) ** 2
+            per_token = 0.5 * pick(unclipped, clipped)
+        return _token_mean(per_token, m)
+
+    return value_loss
+
+
+def _ranking_loss_k_over_2(rewards: Tensor) -> Tensor:
+    k = rewards.shape[1]
+    i, j = torch.triu_indices(k, k, offset=1)
+    pair = torch.nn.functional.logsigmoid(rewards[:, i] - rewards[:, j]).sum(-1)
+    return (-pair / (k / 2)).mean()  # the seed's K/2 instead of C(K, 2)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# correct third-party styles
+
+
+def _trl_style_loss(
+    ratio: Tensor, advantages: Tensor, mask: Tensor, cliprange: float = 0.2
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """TRL PPO style: takes the ratio, names the clip 'cliprange', token-mean, returns (loss, stats)."""
+    m = mask.bool()
+    ratio, advantages = torch.where(m, ratio, 1.0), _where0(m, advantages)
+    pg = torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1 - cliprange, 1 + cliprange))
+    loss = _where0(m, pg).sum() / m.sum()
+    return loss, {"clipfrac": (_where0(m, (pg > -advantages * ratio).to(pg.dtype))).sum() / m.sum()}
+
+
+def _objective_not_loss(
+    logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float = 0.2
+) -> Tensor:
+    return -_policy_loss()(logp, logp_old, advantages, mask, clip_eps)
+
+
+def _numpy_reference_copy(*args: Any, **kwargs: Any) -> Any:
+    from rlhf_oracle import reference
+
+    return reference.gae(*args, **kwargs)
+
+
+MUTANTS: list[Mutant] = [
+    Mutant("max instead of min", "policy_loss", _policy_loss(pick=torch.maximum), "sign/bound inversion",
+           "max instead of min"),
+    Mutant("clip on the wrong side", "policy_loss", _policy_loss(swap_bounds=True),
+           "clip_ratio_low/high exchanged", "clip bounds swapped", {"clip_eps_high": 0.28}),
+    Mutant("KL sign flipped", "kl_estimate", _kl(flip=True), "Delta = logp_ref - logp", "log-ratio flipped"),
+    Mutant("k1 where k3 was meant", "kl_estimate", _kl(kind_override="k1"), "estimator ignored", "kind='k1'",
+           {"kind": "k3"}),
+    Mutant("padded token counted", "policy_loss", _policy_loss(reduce=_first_pad_counted),
+           "TRL padding_mask_p1 / DS-Chat PR #672", "first pad counted"),
+    Mutant("|o| over the batch", "policy_loss", _policy_loss(reduce=_batch_token_count),
+           "row length replaced by the batch token count", "|o| over the batch"),
+    Mutant("GAE bootstraps past the end", "gae", _gae(bootstrap_past_end=True), "DS-Chat PR #672",
+           "bootstrap past the end"),
+    Mutant("GAE runs through masked holes", "gae", _gae(skip_holes=False), "verl PR #2337 (multi-turn)",
+           "zero-filled holes"),
+    Mutant("value clip written as min", "value_loss", _value_loss(pick=torch.minimum), "openai/baselines #765",
+           "min instead of max"),
+    Mutant("whitening keeps the pads", "whiten", _whiten(pads_in_stats=True), "verl #3805",
+           "pads in the statistics"),
+    Mutant("K/2 normaliser", "ranking_loss", _ranking_loss_k_over_2, "the seed's wording", "K/2 normaliser"),
+    Mutant("reward on the first pad", "kl_shaped_rewards", _kl_shaped_first_pad, "TRL #1893 / DS-Chat #672",
+           "score_position='after_last'"),
+    Mutant("k3 without a clamp before exp", "kl_estimate", _kl(guard=False), "verl #891, OpenRLHF #525",
+           "clamp", {"kind": "k3", "log_ratio_clamp": 20.0, "dtype": torch.float32}),
+    Mutant("k3 overflows silently in float32", "kl_estimate", _kl(guard=False), "verl #891 (inf, then NaN grads)",
+           "overflow in torch.float32", {"kind": "k3", "dtype": torch.float32}),
+    Mutant("NaN leaks through multiply-by-mask", "policy_loss",
+           _policy_loss(reduce=_multiply_by_mask, mask_inputs=False), "OpenRLHF PR #1240", "leak from masked slots"),
+    Mutant("dual clip on positive advantages", "policy_loss", _policy_loss(dual_on_all=True), "tianshou #433",
+           "dual clip on positive A", {"dual_clip": 3.0}),
+    Mutant("population instead of Bessel std", "whiten", _whiten(population=True), "OpenRLHF vs TRL/verl",
+           "unbiased=False"),
+    Mutant("clip does not stop the gradient", "policy_loss", _policy_loss(straight_through_clip=True),
+           "straight-through clamp", "non-zero gradient where the reference's is exactly 0"),
+    Mutant("NaN gradient at masked slots", "policy_loss", _policy_loss_nan_grad, "where() on the output only",
+           "gradient at masked positions"),
+]  # fmt: skip
+"""Wrong implementations: each must be rejected, with the named diagnosis."""
+
+
+@dataclass(frozen=True)
+class Variant3P:
+    name: str
+    formula: str
+    fn: Callable[..., Any]
+    diagnosis: str
+    """What the default check must say."""
+    accept_with: dict[str, Any]
+    """Check options under which the function is correct."""
+    default_options: dict[str, Any] = field(default_factory=dict)
+
+
+THIRD_PARTY: list[Variant3P] = [
+    Variant3P("token-mean policy loss (verl/OpenRLHF default)", "policy_loss", _policy_loss(reduce=_token_mean),
+              "matches agg='token-mean'", {"agg": "token-mean"}),
+    Variant3P("population-variance whitening (OpenRLHF)", "whiten", _whiten(population=True), "unbiased=False",
+              {"unbiased": False}),
+    Variant3P("TRL-style loss on ratios returning (loss, stats)", "policy_loss", _trl_style_loss,
+              "agg='token-mean'", {"agg": "token-mean", "adapter": [adapters.ratio_input, adapters.first,
+                                                                  adapters.rename(clip_eps="cliprange")]},
+              {"adapter": [adapters.ratio_input, adapters.first, adapters.rename(clip_eps="cliprange")]}),
+    Variant3P("objective instead of loss", "policy_loss", _objective_not_loss, "sign flipped",
+              {"adapter": adapters.negate}),
+    Variant3P("TRL/verl score on the first pad", "kl_shaped_rewards", _kl_shaped_first_pad,
+              "score_position='after_last'", {"score_position": "after_last"}),
+]  # fmt: skip
+"""Correct code under another documented convention: diagnosed by name, accepted with that convention."""
