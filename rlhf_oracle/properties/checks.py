@@ -176,7 +176,10 @@ def _outputs(out: Any) -> list[np.ndarray]:
         return [out.detach().to("cpu", torch.float64).numpy()]
     if isinstance(out, tuple | list):
         return [o for item in out for o in _outputs(item)]
-    return [np.asarray(out, dtype=np.float64)]
+    try:
+        return [np.asarray(out, dtype=np.float64)]
+    except (TypeError, ValueError):
+        raise TypeError(f"an output of type {type(out).__name__} is not a number or an array") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -243,7 +246,11 @@ def _values_body(ctx: _Context, case: Case) -> float:
         raise _Mismatch(
             Failure("values", "raised", case, rc, f"raised {type(exc).__name__}: {exc}", expected=expected)
         ) from exc
-    actual = _outputs(out)
+    try:
+        actual = _outputs(out)
+    except TypeError as exc:
+        msg = f"{exc}: it returns {type(out).__name__}; keep the loss with adapters.first or adapters.take(key)"
+        raise _Mismatch(Failure("values", "structure", case, rc, msg, expected)) from exc
     ratio, k, idx, problem = _compare(ctx.spec, rc, expected, actual, ctx.dtype, ctx.ignore_masked)
     if problem is not None:
         kind = "structure" if "output(s)" in problem else "shape"

@@ -618,8 +618,10 @@ _DIVIDES_BY_ROW = {"aggregate", "policy_loss"}  # seq-mean-token-mean by default
 
 
 def _break_shape(case: Case, name: str) -> Case:
+    """One extra leading axis (wrong rank, or a shape that no longer matches the other inputs); for the entropy,
+    whose rank is free, an empty vocabulary axis."""
     value = np.asarray(case.named()[name])
-    broken = value[..., :-1] if value.ndim and value.shape[-1] > 1 else np.stack([value, value], axis=-1)
+    broken = value[..., :0] if case.formula == "entropy_from_logits" else value[None]
     return case.with_inputs(**{name: broken})
 
 
@@ -652,6 +654,8 @@ def _bad_case(draw: Draw, formula: str) -> BadCase:
     case = draw(cases(formula))
     named = case.named()
     float_names = [n for n, v in named.items() if isinstance(v, np.ndarray) and v.dtype == np.float64]
+    if formula == "rlhf_objective" and not case.kwargs.get("gamma"):
+        float_names = [n for n in float_names if not n.startswith("ptx_")]  # unused when gamma = 0
     options: list[str] = []
     if float_names:
         options += ["shape", "int_dtype", "nan_valid"]
@@ -675,14 +679,20 @@ def _bad_case(draw: Draw, formula: str) -> BadCase:
         return BadCase(_break_shape(case, name), f"'{name}' with a wrong shape")
     if what == "int_dtype":
         name = draw(st.sampled_from(float_names))
-        value = np.nan_to_num(np.asarray(named[name]), nan=0.0, posinf=0.0, neginf=0.0).astype(np.int64)
+        value = np.clip(np.nan_to_num(np.asarray(named[name]), nan=0.0, posinf=0.0, neginf=0.0), -1e6, 1e6)
+        value = value.astype(np.int64)
         return BadCase(case.with_inputs(**{name: value}), f"'{name}' as int64")
     if what == "nan_valid":
         name = draw(st.sampled_from(float_names))
         value = np.array(named[name], copy=True)
         if value.size == 0:
             return BadCase(_break_shape(case, name), f"'{name}' with a wrong shape")
-        valid = np.flatnonzero(case.mask) if case.mask is not None and name in case.per_token else np.arange(value.size)
+        if name == "ptx_logp":
+            valid = np.flatnonzero(named["ptx_mask"])
+        elif case.mask is not None and name in case.per_token:
+            valid = np.flatnonzero(case.mask)
+        else:
+            valid = np.arange(value.size)
         if valid.size == 0:
             return BadCase(_break_shape(case, name), f"'{name}' with a wrong shape")
         pos = int(valid[draw(st.integers(0, valid.size - 1))])

@@ -1,0 +1,196 @@
+"""``rlhf-oracle check``: run the oracle's checks on a function from the command line.
+
+::
+
+    rlhf-oracle check mypkg.losses:policy_loss --formula policy_loss --agg token-mean
+    rlhf-oracle check path/to/losses.py:ppo_loss --formula policy_loss --adapter ratio --adapter first \\
+        --dtype float32 --max-examples 200
+    rlhf-oracle check --list
+
+Prints one row per property (values, gradients, overflow): passed/failed, examples tried, worst error as a
+multiple of the allowed error; on failure the oracle's report with its diagnosis. Exit status: 0 all pass,
+1 a property failed, 2 usage error (target not found, unknown formula or convention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_arguments", "load_target", "run"]
+
+_DTYPES = ("float64", "float32", "bfloat16", "float16")
+
+
+def _conventions() -> dict[str, str]:
+    """Every convention keyword of the registry -> help text."""
+    from .registry import REGISTRY
+
+    names: dict[str, list[str]] = {}
+    for spec in REGISTRY.values():
+        for name in spec.conventions:
+            names.setdefault(name, []).append(spec.id)
+    return {n: "convention of " + ", ".join(sorted(f)) for n, f in sorted(names.items())}
+
+
+def parse_value(text: str) -> Any:
+    """``none`` -> None, ``true``/``false`` -> bool, then int, float, else the string itself."""
+    low = text.strip().lower()
+    if low in ("none", "null"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``check`` arguments to ``parser`` (the ``rlhf-oracle check`` subparser)."""
+    parser.description = (
+        "Check a function against the rlhf_oracle reference with property-based tests; on failure, print a shrunk "
+        "counter-example and which documented convention the function follows instead."
+    )
+    parser.add_argument("target", nargs="?", help="the function: package.module:function or path/to/file.py:function")
+    parser.add_argument("--formula", "-f", help="catalogue formula to check against (see --list)")
+    parser.add_argument("--list", action="store_true", help="list the formulas and their conventions, then exit")
+    parser.add_argument(
+        "--adapter",
+        "-a",
+        action="append",
+        default=[],
+        help="adapt the function's convention (repeatable, applied in order): first, take:KEY, negate, ratio, "
+        "numpy, rename:ref_name=your_name,..., reorder:i,j,..., float_mask",
+    )
+    parser.add_argument("--dtype", choices=_DTYPES, default="float64", help="dtype of the inputs (default float64)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--max-examples", type=int, default=None, help="examples per property (default: profile)")
+    parser.add_argument("--profile", choices=("fast", "thorough"), default=None, help="search effort (default fast)")
+    parser.add_argument("--no-gradients", action="store_true", help="skip the autograd gradient property")
+    parser.add_argument(
+        "--ignore-masked-outputs", action="store_true", help="accept any value at masked positions of [B, T] outputs"
+    )
+    group = parser.add_argument_group("conventions (passed to the reference, and to the function if it accepts them)")
+    for name, help_text in _conventions().items():
+        flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
+        group.add_argument(*flags, dest=f"conv_{name}", type=parse_value, default=argparse.SUPPRESS, help=help_text)
+
+
+def load_target(target: str) -> Callable[..., Any]:
+    """Import ``package.module:function`` or ``path/to/file.py:function`` (dotted attributes allowed)."""
+    module_part, sep, attr = target.rpartition(":")
+    if not sep or not module_part or not attr:
+        raise ValueError(f"target must look like package.module:function or path/to/file.py:function, got {target!r}")
+    path = Path(module_part)
+    if module_part.endswith(".py") or path.exists():
+        if not path.is_file():
+            raise ValueError(f"no such file: {module_part}")
+        name = f"_rlhf_oracle_target_{abs(hash(str(path.resolve())))}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise ValueError(f"cannot import {module_part}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        sys.path.insert(0, str(path.resolve().parent))
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(path.resolve().parent))
+    else:
+        module = importlib.import_module(module_part)
+    obj: Any = module
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"{target} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def _list_formulas() -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .registry import REGISTRY
+
+    table = Table(title="rlhf_oracle formulas")
+    for col in ("formula", "conventions", "gradient of", "source"):
+        table.add_column(col)
+    for spec in REGISTRY.values():
+        table.add_row(spec.id, ", ".join(spec.conventions), ", ".join(spec.differentiable), spec.equation)
+    Console().print(table)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``rlhf-oracle check``; returns the exit status."""
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import adapters, profiles
+    from .checks import run_check
+    from .registry import REGISTRY
+
+    console = Console()
+    err = Console(stderr=True)
+    if getattr(args, "list", False):
+        _list_formulas()
+        return 0
+    if not args.target or not args.formula:
+        err.print("rlhf-oracle check: give a target (module:function or file.py:function) and --formula")
+        return 2
+    if args.formula not in REGISTRY:
+        err.print(f"rlhf-oracle check: unknown formula {args.formula!r}; known: {', '.join(REGISTRY)}")
+        return 2
+    conventions = {k[len("conv_") :]: v for k, v in vars(args).items() if k.startswith("conv_")}
+    params = inspect.signature(REGISTRY[args.formula].reference).parameters
+    unknown = [k for k in conventions if k not in params]
+    if unknown:
+        err.print(f"rlhf-oracle check: {args.formula} has no convention {unknown}; it takes {list(params)}")
+        return 2
+    try:
+        candidate = load_target(args.target)
+        adapter = adapters.parse(args.adapter) if args.adapter else None
+    except (ValueError, ImportError, AttributeError, OSError) as exc:
+        err.print(f"rlhf-oracle check: {exc}")
+        return 2
+
+    profiles.set_active(args.profile)
+    try:
+        report = run_check(
+            args.formula,
+            candidate,
+            adapter=adapter,
+            dtype=getattr(torch, args.dtype),
+            device=args.device,
+            max_examples=args.max_examples,
+            gradients=not args.no_gradients,
+            ignore_masked_outputs=args.ignore_masked_outputs,
+            **conventions,
+        )
+    finally:
+        profiles.set_active(None)
+
+    conv = ", ".join(f"{k}={v!r}" for k, v in conventions.items()) or "reference defaults"
+    table = Table(title=f"{args.target} vs reference.{args.formula} [{args.dtype}; {conv}]")
+    for col, justify in (("property", "left"), ("result", "left"), ("examples", "right"), ("worst error", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    table.add_column("note", overflow="fold")
+    for p in report.properties:
+        result = "[green]passed[/]" if p.passed else ("[red]FAILED[/]" if p.passed is False else "[yellow]skipped[/]")
+        worst = f"{p.worst:.3g} x tol" if p.passed is not None else ""
+        table.add_row(p.name, result, str(p.examples) if p.passed is not None else "", worst, p.note[:100])
+    console.print(table)
+    if report.failure is not None:
+        console.print(report.message(), markup=False, highlight=False, soft_wrap=True)
+        return 1
+    console.print(f"[green]{args.target} matches reference.{args.formula}[/]")
+    return 0

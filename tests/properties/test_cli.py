@@ -1,0 +1,97 @@
+"""``rlhf-oracle check`` on functions defined in files outside the package."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from rlhf_oracle.properties import cli
+
+LOSSES = textwrap.dedent(
+    """
+    import torch
+
+    def token_mean_loss(logp, logp_old, advantages, mask, clip_eps=0.2):
+        m = mask.bool()
+        ratio = torch.exp(torch.where(m, logp - logp_old, 0.0))
+        adv = torch.where(m, advantages, 0.0)
+        obj = torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
+        return -torch.where(m, obj, 0.0).sum() / m.sum()
+
+    def ratio_loss(ratio, advantages):
+        return torch.minimum(ratio * advantages, ratio.clamp(0.8, 1.2) * advantages), {"n": 1}
+    """
+)
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.fixture
+def losses(tmp_path: Path) -> Path:
+    path = tmp_path / "my_losses.py"
+    path.write_text(LOSSES)
+    return path
+
+
+def test_failing_function_prints_table_and_diagnosis(losses: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.run(_parse([f"{losses}:token_mean_loss", "--formula", "policy_loss", "--max-examples", "10"]))
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "values" in out and "FAILED" in out
+    assert "matches agg='token-mean'" in out
+    assert "R.policy_loss(" in out
+
+
+def test_convention_flag_makes_it_pass(losses: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [f"{losses}:token_mean_loss", "-f", "policy_loss", "--agg", "token-mean", "--max-examples", "10"]
+    assert cli.run(_parse(argv)) == 0
+    out = capsys.readouterr().out
+    assert "passed" in out and "gradients" in out
+
+
+def test_adapters_from_the_command_line(losses: Path) -> None:
+    argv = [f"{losses}:ratio_loss", "-f", "ppo_clip_objective", "-a", "ratio", "-a", "first", "--clip-eps", "0.2",
+            "--clip-eps-high", "none", "--dual-clip", "none", "--max-examples", "10", "--dtype", "float32"]  # fmt: skip
+    assert cli.run(_parse(argv)) == 0
+
+
+def test_usage_errors_exit_2(losses: Path) -> None:
+    assert cli.run(_parse([f"{losses}:nope", "-f", "policy_loss"])) == 2
+    assert cli.run(_parse([f"{losses}:token_mean_loss", "-f", "no_such_formula"])) == 2
+    assert cli.run(_parse([f"{losses}:token_mean_loss", "-f", "gae", "--agg", "token-mean"])) == 2
+    assert cli.run(_parse(["no/such/file.py:f", "-f", "gae"])) == 2
+    assert cli.run(_parse([])) == 2
+
+
+def test_list(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.run(_parse(["--list"])) == 0
+    assert "grpo_advantages" in capsys.readouterr().out
+
+
+def test_parse_value() -> None:
+    assert cli.parse_value("none") is None
+    assert cli.parse_value("True") is True
+    assert cli.parse_value("3") == 3
+    assert cli.parse_value("0.5") == 0.5
+    assert cli.parse_value("token-mean") == "token-mean"
+
+
+def test_module_target_through_the_installed_entry_point(losses: Path) -> None:
+    exe = Path(sys.executable).with_name("rlhf-oracle")
+    if not exe.exists():
+        pytest.skip("rlhf-oracle entry point not installed")
+    result = subprocess.run(
+        [str(exe), "check", "my_losses:token_mean_loss", "-f", "policy_loss", "--agg", "token-mean",
+         "--max-examples", "5"],
+        cwd=losses.parent, capture_output=True, text=True, env={"PYTHONPATH": str(losses.parent), "PATH": ""},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,59 @@
+"""The pytest plugin: a user's test checks a function against the reference in a few lines."""
+
+from __future__ import annotations
+
+import pytest
+
+CONFTEST_FREE_TEST = """
+import torch
+
+def my_token_mean_loss(logp, logp_old, advantages, mask, clip_eps=0.2):
+    m = mask.bool()
+    ratio = torch.exp(torch.where(m, logp - logp_old, 0.0))
+    adv = torch.where(m, advantages, 0.0)
+    obj = torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
+    return -torch.where(m, obj, 0.0).sum() / m.sum()
+
+def test_good(rlhf_oracle):
+    rlhf_oracle.check("policy_loss", my_token_mean_loss, agg="token-mean")
+
+def test_attribute_style(rlhf_oracle):
+    rlhf_oracle.policy_loss(my_token_mean_loss, agg="token-mean", dtype=torch.float32)
+
+def test_wrong_convention(rlhf_oracle):
+    rlhf_oracle.check("policy_loss", my_token_mean_loss)
+
+def test_profile(rlhf_oracle):
+    print("PROFILE", rlhf_oracle.profile)
+"""
+
+
+def test_fixture_passes_and_fails_with_the_report(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_user=CONFTEST_FREE_TEST)
+    result = pytester.runpytest_inprocess("-q", "-s")
+    result.assert_outcomes(passed=3, failed=1)
+    out = result.stdout.str()
+    assert "PROFILE fast" in out
+    assert "matches agg='token-mean'" in out
+    assert "R.policy_loss(" in out
+
+
+def test_profile_option_and_header(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_user="def test_profile(rlhf_oracle):\n    assert rlhf_oracle.profile == 'thorough'\n")
+    result = pytester.runpytest_inprocess("--rlhf-oracle-profile", "thorough")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["rlhf_oracle: profile thorough (500 examples/property)"])
+
+
+def test_profile_from_the_environment(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RLHF_ORACLE_PROFILE", "thorough")
+    pytester.makepyfile(test_user="def test_profile(rlhf_oracle):\n    assert rlhf_oracle.profile == 'thorough'\n")
+    result = pytester.runpytest_inprocess()
+    result.assert_outcomes(passed=1)
+
+
+def test_plugin_is_registered_by_the_entry_point() -> None:
+    from importlib.metadata import entry_points
+
+    names = {ep.value for ep in entry_points(group="pytest11")}
+    assert "rlhf_oracle.properties.pytest_plugin" in names
