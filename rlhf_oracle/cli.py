@@ -88,6 +88,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
     return DemoConfig.from_dict(values)
 
 
+def _error(message: str) -> None:
+    print(f"rlhf-oracle demo: error: {message}", file=sys.stderr)
+
+
 def run_demo_command(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is built in code: never reach for the hub
     from rich.console import Console
@@ -102,11 +106,11 @@ def run_demo_command(args: argparse.Namespace) -> int:
     if args.resume is not None:
         given = sorted(k for k in vars(args) if k in names)
         if given or args.config is not None or args.out is not None:
-            console.print(f"[red]--resume takes no configuration flags (got {given or '--config/--out'}).[/red]")
+            _error(f"--resume takes no configuration flags (got {given or '--config/--out'})")
             return 2
         out = Path(args.resume)
         if not (out / "config.json").exists():
-            console.print(f"[red]--resume: {out} has no config.json; is it a demo run folder?[/red]")
+            _error(f"--resume: {out} has no config.json; is it a demo run folder?")
             return 2
         cfg = DemoConfig.load(out / "config.json")
         cfg.halt_after_step = None
@@ -114,7 +118,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
         try:
             cfg = config_from_args(args)
         except (ValueError, TypeError) as e:
-            console.print(f"[red]{e}[/red]")
+            _error(str(e))
             return 2
         out = args.out if args.out is not None else default_run_dir()
     console.print(f"run folder: [bold]{out}[/bold]")
@@ -124,7 +128,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
         console.print(f"[yellow]{e}. Continue with: rlhf-oracle demo --resume {out}[/yellow]")
         return EXIT_HALTED
     except OracleDivergenceError as e:
-        console.print(f"[red]{e}[/red]")
+        _error(str(e))
         return EXIT_ORACLE
     console.print(summary_table(summary))
     console.print(f"plots: {', '.join(summary['plots'])}")

@@ -416,8 +416,10 @@ def save_checkpoint(phase_dir: Path, state: PPOState, keep: int) -> Path:
     return path
 
 
-def load_checkpoint(path: Path, state: PPOState, device: torch.device) -> None:
-    payload = torch.load(path, map_location=device, weights_only=False)  # our own file: it holds RNG tuples
+def load_checkpoint(path: Path, state: PPOState) -> None:
+    # Load on the CPU (the RNG states must stay CPU tensors); load_state_dict copies parameters and optimiser
+    # state onto the models' device. weights_only=False: our own file, it holds Python/NumPy RNG tuples.
+    payload = torch.load(path, map_location="cpu", weights_only=False)
     state.policy.load_state_dict(payload["policy"])
     state.critic.load_state_dict(payload["critic"])
     state.policy_opt.load_state_dict(payload["policy_opt"])
@@ -473,7 +475,7 @@ def run_ppo_phase(
     metrics_path = phase_dir / "metrics.jsonl"
     checkpoints = _checkpoint_paths(phase_dir)
     if checkpoints:
-        load_checkpoint(checkpoints[-1], state, device)
+        load_checkpoint(checkpoints[-1], state)
     # drop metrics of steps after the checkpoint (the run died between a metrics line and the next checkpoint)
     history = [m for m in read_metrics(metrics_path) if m["step"] <= state.step]
     metrics_path.write_text("".join(json.dumps(m) + "\n" for m in history))

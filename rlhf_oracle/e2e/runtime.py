@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -31,6 +32,8 @@ def setup_torch(cfg: DemoConfig, device: torch.device) -> None:
     if device.type == "cpu":
         torch.set_num_threads(cfg.num_threads)
     if cfg.deterministic:
+        if device.type == "cuda":  # cuBLAS needs a fixed workspace for deterministic matmuls (set before first use)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = False

@@ -95,3 +95,15 @@ def test_beta_zero_phase_has_no_kl_penalty(runs: tuple[Path, Path]) -> None:
     full, _ = runs
     metrics = [json.loads(line) for line in (full / "ppo_beta0" / "metrics.jsonl").read_text().splitlines()]
     assert all(m["beta"] == 0.0 for m in metrics)  # the adaptive controller is multiplicative: 0 stays 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_tiny_demo_on_cuda(tmp_path: Path, tiny: dict[str, Any], dtype: str) -> None:
+    """--device cuda (and bf16 autocast): the oracle still agrees, since the formulas get float32 inputs."""
+    cfg = {**tiny, "device": "cuda", "dtype": dtype, "ppo_steps": 3}
+    assert _demo(tmp_path / "run", cfg) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["device"].startswith("cuda")
+    assert summary["max_oracle_discrepancy"] <= summary["oracle_rtol"]
+    assert main(["demo", "--quiet", "--resume", str(tmp_path / "run")]) == 0  # resume loads CPU RNG states

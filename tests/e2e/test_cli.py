@@ -1,0 +1,102 @@
+"""The command line: every config field is a documented flag; precedence; the lazily-registered check command."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from rlhf_oracle import cli
+from rlhf_oracle.e2e.config import DemoConfig, field_docs
+
+
+def test_every_config_field_has_a_one_line_docstring() -> None:
+    docs = field_docs(DemoConfig)
+    for f in dataclasses.fields(DemoConfig):
+        assert docs.get(f.name), f"DemoConfig.{f.name} has no docstring"
+        assert "\n" not in docs[f.name], f"DemoConfig.{f.name}: docstring must be one line"
+
+
+def test_help_shows_every_field_with_its_docstring(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for f in dataclasses.fields(DemoConfig):
+        assert "--" + f.name.replace("_", "-") in out
+    assert "Adaptive-KL target in nats per response" in out
+    assert "(default: 0.1)" in out
+
+
+def test_precedence_defaults_then_config_file_then_flags(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"seed": 5, "beta": 0.3, "target_kl": 2.0}))
+    args = cli.build_parser().parse_args(
+        [
+            "demo",
+            "--config",
+            str(path),
+            "--beta",
+            "0.2",
+            "--target-kl",
+            "none",
+            "--betas",
+            "0,0.05",
+            "--no-whiten-unbiased",
+        ]
+    )
+    cfg = cli.config_from_args(args)
+    assert (cfg.seed, cfg.beta, cfg.target_kl, cfg.betas, cfg.whiten_unbiased) == (5, 0.2, None, (0.0, 0.05), False)
+    assert cfg.phase_betas == (0.0, 0.05)
+    assert cfg.ppo_steps == DemoConfig().ppo_steps
+
+
+def test_bad_values_are_refused_naming_the_field(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["demo", "--kl-kind", "k9"]) == 2
+    assert "'kl_kind' must be one of" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="'minibatch_size'"):
+        DemoConfig(rollout_batch_size=16, minibatch_size=32)
+    with pytest.raises(ValueError, match="unknown field"):
+        DemoConfig.from_dict({"sedd": 1})
+
+
+def test_config_round_trips_through_json(tmp_path: Path) -> None:
+    cfg = DemoConfig(betas=(0.0, 0.2), target_kl=None, seed=3)
+    cfg.save(tmp_path / "config.json")
+    assert DemoConfig.load(tmp_path / "config.json") == cfg
+
+
+def test_resume_refuses_configuration_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["demo", "--resume", str(tmp_path), "--seed", "3"]) == 2
+    assert cli.main(["demo", "--resume", str(tmp_path)]) == 2  # no config.json there
+    err = capsys.readouterr().err
+    assert "--resume takes no configuration flags (got ['seed'])" in err
+    assert "has no config.json" in err
+
+
+def test_check_subcommand_is_delegated_lazily(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def missing() -> None:
+        raise ImportError("No module named 'rlhf_oracle.properties.cli'")
+
+    monkeypatch.setattr(cli, "_properties_cli", missing)
+    assert cli.main(["check"]) == 2
+    assert "property-based oracle is not available" in capsys.readouterr().err
+
+    calls = []
+
+    class FakePropertiesCli:
+        @staticmethod
+        def add_arguments(parser: object) -> None:
+            calls.append("add_arguments")
+
+        @staticmethod
+        def run(args: object) -> int:
+            calls.append("run")
+            return 0
+
+    monkeypatch.setattr(cli, "_properties_cli", lambda: FakePropertiesCli)
+    assert cli.main(["check"]) == 0
+    assert calls == ["add_arguments", "run"]
