@@ -161,7 +161,8 @@ def run_check_command(args: argparse.Namespace) -> int:
     return int(properties_cli.run(args))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, check_arguments: bool = False) -> argparse.ArgumentParser:
+    """The parser; ``check``'s own arguments are added (importing the properties layer) only when asked."""
     parser = argparse.ArgumentParser(
         prog="rlhf-oracle", description="A verified reference implementation and test oracle for PPO in RLHF."
     )
@@ -177,13 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_arguments(demo)
     demo.set_defaults(handler=run_demo_command)
     check = sub.add_parser("check", help="property-based checks of an implementation against the reference")
-    _add_check_arguments(check)
+    if check_arguments:
+        _add_check_arguments(check)
     check.set_defaults(handler=run_check_command)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `demo` never imports the properties layer: it may be absent, or slow to import (hypothesis).
+    parser = build_parser(check_arguments=argv[:1] == ["check"])
     args = parser.parse_args(argv)
     code: int = args.handler(args)
     return code

@@ -100,3 +100,12 @@ def test_check_subcommand_is_delegated_lazily(
     monkeypatch.setattr(cli, "_properties_cli", lambda: FakePropertiesCli)
     assert cli.main(["check"]) == 0
     assert calls == ["add_arguments", "run"]
+
+
+def test_demo_never_imports_the_properties_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken() -> None:
+        raise RuntimeError("properties layer must not be imported for demo")
+
+    monkeypatch.setattr(cli, "_properties_cli", broken)
+    args = cli.build_parser(check_arguments=False).parse_args(["demo", "--seed", "1"])
+    assert cli.config_from_args(args).seed == 1
