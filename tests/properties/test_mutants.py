@@ -3,6 +3,7 @@ another documented convention is diagnosed by name and accepted under that conve
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 import pytest
@@ -29,6 +30,10 @@ def test_mutant_is_rejected_with_the_right_diagnosis(mutant: Mutant) -> None:
         assert part in message
     if mutant.diagnosis is not None:
         assert mutant.diagnosis in diagnosis, f"{mutant.name}: diagnosis does not name {mutant.diagnosis!r}:\n{message}"
+    # the reproduction snippet is copy-pasteable: it runs and calls the reference on the shrunk inputs
+    namespace: dict[str, Any] = {}
+    exec(textwrap.dedent(message.split("the candidate saw them):\n", 1)[1]), namespace)
+    assert "expected" in namespace
 
 
 @pytest.mark.parametrize("variant", THIRD_PARTY, ids=[v.name for v in THIRD_PARTY])
