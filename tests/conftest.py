@@ -1,7 +1,8 @@
 """Root test configuration: hypothesis profiles and the gpu / browser skips.
 
-Profiles: ``fast`` (default; CI-sized, derandomized so that a red run reproduces) and ``thorough`` (many more
-examples), chosen with the environment variable ``RLHF_ORACLE_PROFILE``.
+Profiles (defined once, in :mod:`rlhf_oracle.properties.profiles`): ``fast`` (default; CI-sized, derandomized so
+that a red run reproduces) and ``thorough`` (500 examples per property), chosen with the environment variable
+``RLHF_ORACLE_PROFILE``.
 """
 
 from __future__ import annotations
@@ -9,22 +10,12 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import settings
 
-settings.register_profile(
-    "fast",
-    max_examples=40,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-settings.register_profile(
-    "thorough",
-    max_examples=1000,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-settings.load_profile(os.environ.get("RLHF_ORACLE_PROFILE", "fast"))
+from rlhf_oracle.properties import profiles
+
+profiles.register()
+settings.load_profile(os.environ.get(profiles.ENV_VAR, "fast"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
