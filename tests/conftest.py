@@ -14,6 +14,8 @@ from hypothesis import settings
 
 from rlhf_oracle.properties import profiles
 
+pytest_plugins = ["pytester"]  # the pytest-plugin tests in tests/properties drive a nested pytest
+
 profiles.register()
 settings.load_profile(os.environ.get(profiles.ENV_VAR, "fast"))
 
