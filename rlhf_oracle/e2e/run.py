@@ -31,7 +31,7 @@ from .models import ScalarHeadModel, build_scalar_model
 from .plots import write_plots
 from .ppo import evaluate, phase_dirname, read_metrics, run_ppo_phase
 from .reward_model import train_reward_model
-from .runtime import resolve_device, setup_torch
+from .runtime import resolve_device, torch_settings
 from .sft import build_corpus, train_sft
 from .task import LetterRepeatTask
 from .tokenizer import build_tokenizer
@@ -95,10 +95,15 @@ def run_demo(cfg: DemoConfig, out: Path, *, resume: bool = False, progress: bool
     if not resume:
         cfg.save(out / "config.json")
     device = resolve_device(cfg)
-    setup_torch(cfg, device)
+    with torch_settings(cfg, device):
+        return _run_pipeline(cfg, out, device, t0, resume=resume, progress=progress)
+
+
+def _run_pipeline(
+    cfg: DemoConfig, out: Path, device: torch.device, t0: float, *, resume: bool, progress: bool
+) -> dict[str, Any]:
+    """The body of :func:`run_demo`, under its torch settings."""
     transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # save_pretrained's one-shard bars
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)  # tiny Adam updates otherwise hit denormals: several times slower on CPU
 
     task = LetterRepeatTask(cfg.alphabet, cfg.prompt_len)
     tok = build_tokenizer(cfg.alphabet)

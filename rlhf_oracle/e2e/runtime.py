@@ -27,16 +27,31 @@ def resolve_device(cfg: DemoConfig) -> torch.device:
     return device
 
 
-def setup_torch(cfg: DemoConfig, device: torch.device) -> None:
-    """Fixed thread count and deterministic algorithms, so that the same seed gives the same run."""
-    if device.type == "cpu":
-        torch.set_num_threads(cfg.num_threads)
-    if cfg.deterministic:
-        if device.type == "cuda":  # cuBLAS needs a fixed workspace for deterministic matmuls (set before first use)
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = False
+@contextlib.contextmanager
+def torch_settings(cfg: DemoConfig, device: torch.device) -> Iterator[None]:
+    """Fixed thread count, deterministic algorithms and (CPU) flush-denormal for the duration of a run, so that the
+    same seed gives the same run; the process-wide settings are restored afterwards, so that a caller (a test
+    suite, a notebook) does not inherit them: flush-denormal, for one, breaks hypothesis's subnormal floats."""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    cudnn_benchmark = torch.backends.cudnn.benchmark
+    try:
+        if device.type == "cpu":
+            torch.set_num_threads(cfg.num_threads)
+            torch.set_flush_denormal(True)  # tiny Adam updates otherwise hit denormals: several times slower on CPU
+        if cfg.deterministic:
+            if device.type == "cuda":  # cuBLAS needs a fixed workspace for deterministic matmuls (set before first use)
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+            if device.type == "cuda":
+                torch.backends.cudnn.benchmark = False
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_flush_denormal(False)  # torch's default (there is no getter)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = cudnn_benchmark
 
 
 def seed_everything(seed: int) -> None:

@@ -32,6 +32,13 @@ def _ratio_inputs(fn: str, logp: Any, logp_old: Any, advantages: Any) -> tuple[F
     return new, old, adv
 
 
+def _ratio_inputs_finite(
+    fn: str, new: FloatArray, old: FloatArray, adv: FloatArray, where: BoolArray | None = None
+) -> None:
+    for name, arr in (("logp", new), ("logp_old", old), ("advantages", adv)):
+        v.finite(fn, name, arr, where)
+
+
 def ppo_clip_objective(
     logp: Any,
     logp_old: Any,
@@ -63,8 +70,7 @@ def ppo_clip_objective(
     fn = "ppo_clip_objective"
     new, old, adv = _ratio_inputs(fn, logp, logp_old, advantages)
     low, high, c = _clip_bounds(fn, clip_eps, clip_eps_high, dual_clip)
-    for name, arr in (("logp", new), ("logp_old", old), ("advantages", adv)):
-        v.finite(fn, name, arr)
+    _ratio_inputs_finite(fn, new, old, adv)
     ratio = np.exp(new - old)
     unclipped = ratio * adv
     clipped = np.clip(ratio, low, high) * adv
@@ -107,8 +113,7 @@ def ppo_clip_grad(
     fn = "ppo_clip_grad"
     new, old, adv = _ratio_inputs(fn, logp, logp_old, advantages)
     low, high, c = _clip_bounds(fn, clip_eps, clip_eps_high, dual_clip)
-    for name, arr in (("logp", new), ("logp_old", old), ("advantages", adv)):
-        v.finite(fn, name, arr)
+    _ratio_inputs_finite(fn, new, old, adv)
     ratio = np.exp(new - old)
     clipped_above = (adv > 0) & (ratio > high)
     clipped_below = (adv < 0) & (ratio < low)
@@ -220,8 +225,7 @@ def policy_loss(
     m = v.as_mask(fn, mask, like=new, like_name="logp")
     v.choice(fn, "agg", agg, AGGREGATION_MODES)
     _clip_bounds(fn, clip_eps, clip_eps_high, dual_clip)
-    for name, arr in (("logp", new), ("logp_old", old), ("advantages", adv)):
-        v.finite(fn, name, arr, m)
+    _ratio_inputs_finite(fn, new, old, adv, m)
     # Fill masked slots with a harmless 0 so that NaN there cannot reach any valid position.
     new, old, adv = (np.where(m, arr, 0.0) for arr in (new, old, adv))
     per_token = ppo_clip_objective(new, old, adv, clip_eps, clip_eps_high=clip_eps_high, dual_clip=dual_clip)

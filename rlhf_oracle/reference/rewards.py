@@ -7,11 +7,29 @@ from typing import Any
 import numpy as np
 
 from . import _validation as v
-from ._validation import FloatArray
+from ._validation import BoolArray, FloatArray
 from .kl import KL_ESTIMATORS, kl_estimate
 from .policy import AGGREGATION_MODES, _aggregate
 
 SCORE_POSITIONS = ("last", "after_last")
+
+
+def _response_inputs(
+    fn: str, scores: Any, logp: Any, logp_ref: Any, mask: Any, beta: float
+) -> tuple[FloatArray, FloatArray, FloatArray, BoolArray, float]:
+    """Validate the sampled responses shared by the KL-in-reward formulas: scores [B], logp/logp_ref/mask [B, T]."""
+    lp = v.as_float(fn, "logp", logp, ndim=2, shape_doc="[B, T]")
+    lr = v.as_float(fn, "logp_ref", logp_ref)
+    v.same_shape(fn, "logp_ref", lr, "logp", lp)
+    m = v.as_mask(fn, mask, like=lp, like_name="logp")
+    s = v.as_float(fn, "scores", scores, ndim=1, shape_doc="[B]")
+    if s.shape[0] != lp.shape[0]:
+        raise ValueError(f"{fn}: 'scores' has shape {v._shape_str(s.shape)}, expected ({lp.shape[0]},) to match 'logp'")
+    b = v.non_negative(fn, "beta", beta)
+    v.finite(fn, "scores", s)
+    v.finite(fn, "logp", lp, m)
+    v.finite(fn, "logp_ref", lr, m)
+    return s, lp, lr, m, b
 
 
 def kl_shaped_rewards(
@@ -51,19 +69,9 @@ def kl_shaped_rewards(
         - ``beta >= 0``; ``beta = 0`` gives the score alone.
     """
     fn = "kl_shaped_rewards"
-    lp = v.as_float(fn, "logp", logp, ndim=2, shape_doc="[B, T]")
-    lr = v.as_float(fn, "logp_ref", logp_ref)
-    v.same_shape(fn, "logp_ref", lr, "logp", lp)
-    m = v.as_mask(fn, mask, like=lp, like_name="logp")
-    s = v.as_float(fn, "scores", scores, ndim=1, shape_doc="[B]")
-    if s.shape[0] != lp.shape[0]:
-        raise ValueError(f"{fn}: 'scores' has shape {v._shape_str(s.shape)}, expected ({lp.shape[0]},) to match 'logp'")
-    b = v.non_negative(fn, "beta", beta)
+    s, lp, lr, m, b = _response_inputs(fn, scores, logp, logp_ref, mask, beta)
     v.choice(fn, "kind", kind, KL_ESTIMATORS)
     v.choice(fn, "score_position", score_position, SCORE_POSITIONS)
-    v.finite(fn, "scores", s)
-    v.finite(fn, "logp", lp, m)
-    v.finite(fn, "logp_ref", lr, m)
 
     batch, length = lp.shape
     rewards = np.zeros((batch, length), dtype=np.float64)
@@ -142,18 +150,8 @@ def rlhf_objective(
     Note the notation trap: gamma here is the pretraining coefficient, not a discount.
     """
     fn = "rlhf_objective"
-    lp = v.as_float(fn, "logp", logp, ndim=2, shape_doc="[B, T]")
-    lr = v.as_float(fn, "logp_ref", logp_ref)
-    v.same_shape(fn, "logp_ref", lr, "logp", lp)
-    m = v.as_mask(fn, mask, like=lp, like_name="logp")
-    s = v.as_float(fn, "scores", scores, ndim=1, shape_doc="[B]")
-    if s.shape[0] != lp.shape[0]:
-        raise ValueError(f"{fn}: 'scores' has shape {v._shape_str(s.shape)}, expected ({lp.shape[0]},) to match 'logp'")
-    b = v.non_negative(fn, "beta", beta)
+    s, lp, lr, m, b = _response_inputs(fn, scores, logp, logp_ref, mask, beta)
     g = v.non_negative(fn, "gamma", gamma)
-    v.finite(fn, "scores", s)
-    v.finite(fn, "logp", lp, m)
-    v.finite(fn, "logp_ref", lr, m)
 
     batch, length = lp.shape
     per_sequence = []

@@ -107,3 +107,18 @@ def test_tiny_demo_on_cuda(tmp_path: Path, tiny: dict[str, Any], dtype: str) -> 
     assert summary["device"].startswith("cuda")
     assert summary["max_oracle_discrepancy"] <= summary["oracle_rtol"]
     assert main(["demo", "--quiet", "--resume", str(tmp_path / "run")]) == 0  # resume loads CPU RNG states
+
+
+def test_the_demo_leaves_process_wide_torch_settings_as_it_found_them() -> None:
+    """flush-denormal, threads and determinism are restored: a test suite or notebook must not inherit them."""
+    import torch
+
+    from rlhf_oracle.e2e.config import DemoConfig
+    from rlhf_oracle.e2e.runtime import torch_settings
+
+    threads = torch.get_num_threads()
+    with torch_settings(DemoConfig(), torch.device("cpu")):
+        assert torch.tensor([1e-310], dtype=torch.float64).item() == 0.0  # flushed inside
+    assert torch.tensor([1e-310], dtype=torch.float64).item() == 1e-310
+    assert torch.get_num_threads() == threads
+    assert not torch.are_deterministic_algorithms_enabled()

@@ -134,10 +134,12 @@ def test_peak_rss_chunked_vs_naive_bf16() -> None:
     results = _peak_extra(("chunked", "naive"))
     chunked, naive = results["chunked"], results["naive"]
     input_kib = chunked["input_kib"]  # 128 MiB of bf16 logits
-    # naive: a float32 upcast (2x the input) plus the float32 log_softmax (2x): about 4x the input
-    assert naive["extra_kib"] > 2 * input_kib, naive
+    # naive: a float32 upcast (2x the input) plus the float32 log_softmax (2x): up to 4x the input. The kernel's
+    # accounting of resident pages varies with machine load (measured: 228 to 512 MiB), so the bound is one input.
+    assert naive["extra_kib"] > input_kib, naive
     # chunked: a few [1, 128, 32768] float32 temporaries (16 MiB each), far below one input (measured: ~31 MiB)
     assert chunked["extra_kib"] < input_kib // 2, chunked
+    assert chunked["extra_kib"] < naive["extra_kib"] / 4, (chunked, naive)
 
 
 @pytest.mark.gpu
