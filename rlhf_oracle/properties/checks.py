@@ -302,7 +302,11 @@ def _grad_body(ctx: _Context, case: Case) -> float:
         magnitude = _input_magnitude(rc)
         # relative to the largest gradient component (1/size where the whole gradient is 0) or to the size of the
         # terms that cancel in it, times the input magnitude (exp/log-softmax errors grow with it)
-        largest = float(np.max(np.abs(exp), initial=0.0)) or 1.0 / max(exp.size, 1)
+        # (the other one-sided value at a kink counts too: at a kink the candidate may return either side)
+        largest = max(
+            float(np.max(np.abs(exp), initial=0.0)), float(np.max(np.abs(alt[np.isfinite(alt)]), initial=0.0))
+        )
+        largest = largest or 1.0 / max(exp.size, 1)
         if terms is not None:
             largest = max(largest, float(np.max(terms, initial=0.0)))
         gscale = largest * (1.0 + magnitude)

@@ -74,7 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=_DTYPES, default="float64", help="dtype of the inputs (default float64)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--max-examples", type=int, default=None, help="examples per property (default: profile)")
-    parser.add_argument("--profile", choices=("fast", "thorough"), default=None, help="search effort (default fast)")
+    parser.add_argument(
+        "--profile",
+        choices=("fast", "thorough", "thorough-derandomized"),
+        default=None,
+        help="search effort (default fast)",
+    )
     parser.add_argument("--no-gradients", action="store_true", help="skip the autograd gradient property")
     parser.add_argument(
         "--ignore-masked-outputs", action="store_true", help="accept any value at masked positions of [B, T] outputs"

@@ -223,9 +223,14 @@ def _value_loss(c: Case, w: np.ndarray) -> dict[str, Grad]:
     g_unclipped = v - ret
     g_clipped = np.where(inside, vc - ret, 0.0)
     g = np.where(unclipped >= clipped, g_unclipped, g_clipped)
-    alt_clip = np.where(np.isclose(np.abs(change), eps, rtol=1e-9, atol=0.0), np.where(inside, 0.0, vc - ret), np.nan)
-    tie = np.isclose(unclipped, clipped, rtol=1e-9, atol=1e-300)
-    alt = np.where(tie, g_clipped, np.where(unclipped < clipped, alt_clip, np.nan))
+    # kinks up to the rounding of a float32 evaluation (relative 1e-6, as in ppo_kinks): a candidate computing
+    # V - V_old in float32 can land exactly on the clip bound (or on a tie of the two branches) where float64 is not
+    alt_clip = np.where(np.isclose(np.abs(change), eps, rtol=1e-6, atol=0.0), np.where(inside, 0.0, vc - ret), np.nan)
+    tie = np.isclose(unclipped, clipped, rtol=1e-6, atol=1e-300)
+    # at a tie of the two branches the alternative is the branch g did not take
+    alt = np.where(
+        tie, np.where(unclipped >= clipped, g_clipped, g_unclipped), np.where(unclipped < clipped, alt_clip, np.nan)
+    )
     return {"values": Grad(w * weights * g, w * weights * alt)}
 
 

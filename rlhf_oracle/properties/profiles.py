@@ -3,6 +3,7 @@
 - ``fast``: 25 examples per property, no deadline, derandomized (a red run reproduces exactly; CI never flakes),
   no example database (nothing written into the user's tree).
 - ``thorough``: 500 examples per property, randomised, with the database (failures are replayed first).
+- ``thorough-derandomized``: the same search size, derandomized and without database (the slow CI suite).
 
 The checks (``check_<formula>``) run under the *active oracle profile*, never under whatever hypothesis
 profile the surrounding project loaded: :func:`set_active` (the pytest option ``--rlhf-oracle-profile``) >
@@ -31,6 +32,10 @@ _HEALTH = [
 PROFILES: dict[str, settings] = {
     "fast": settings(max_examples=25, deadline=None, derandomize=True, database=None, suppress_health_check=_HEALTH),
     "thorough": settings(max_examples=500, deadline=None, suppress_health_check=_HEALTH),
+    # thorough, but reproducible: the slow CI suite uses it, so that a red CI run is a real, replayable failure
+    "thorough-derandomized": settings(
+        max_examples=500, deadline=None, derandomize=True, database=None, suppress_health_check=_HEALTH
+    ),
 }
 
 _active: str | None = None

@@ -65,7 +65,7 @@ def test_torch_impl_matches_reference_under_fixed_conventions(formula: str, conv
 @pytest.mark.slow
 @pytest.mark.parametrize(("formula", "dtype"), _params("cpu"))
 def test_torch_impl_matches_reference_thorough(formula: str, dtype: torch.dtype) -> None:
-    profiles.set_active("thorough")
+    profiles.set_active("thorough-derandomized")  # CI must be reproducible; run `thorough` to explore
     try:
         check(formula, getattr(T, REGISTRY[formula].torch_name), dtype=dtype)
     finally:

@@ -1,0 +1,55 @@
+"""Counter-examples the thorough profile found against torch_impl in float32, kept as regressions.
+
+Both sit on a kink: the float32 evaluation lands exactly on a clip bound (or a tie of two branches) where the
+float64 reference lands a rounding error away, on the other side. Either one-sided derivative is a valid
+(sub)gradient there, so the check must accept the candidate's side, with a tolerance scaled to that side's size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rlhf_oracle import torch_impl as T
+from rlhf_oracle.properties.checks import _Context, _grad_body
+from rlhf_oracle.properties.registry import get
+from rlhf_oracle.properties.strategies import Case
+
+
+@pytest.fixture(autouse=True)
+def _outside_hypothesis(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gradient property steers hypothesis with target(), which is only legal inside a search."""
+    monkeypatch.setattr("rlhf_oracle.properties.checks.target", lambda *a, **k: None)
+
+
+def _grad_error(formula: str, case: Case) -> float:
+    spec = get(formula)
+    ctx = _Context(spec, getattr(T, formula), None, {}, torch.float32, "cpu", False)
+    return _grad_body(ctx, case)  # raises on a mismatch; returns worst error / allowed error
+
+
+def test_dual_clip_bound_hit_exactly_in_float32() -> None:
+    # r = exp(float32(log 3)) is 3.0000000477 in float64 (dual clip binds: gradient 0) but 3 in float32 (boundary:
+    # unclipped r A); the other gradient component, 1e-35, must not set the tolerance scale
+    case = Case(
+        "ppo_clip_objective",
+        (np.array([[0.0, 1.0986123085021973]]), np.zeros((1, 2)), np.array([[1.0000000180025095e-35, -1.0]])),
+        ("logp", "logp_old", "advantages"),
+        {"clip_eps": 0.2, "clip_eps_high": None, "dual_clip": 3.0},
+    )
+    assert _grad_error("ppo_clip_objective", case) <= 1.0
+
+
+def test_value_clip_bound_hit_exactly_in_float32() -> None:
+    # V - V_old = 0.5 = clip_eps exactly in float32, 0.5000000149 in float64
+    mask = np.array([[True]])
+    case = Case(
+        "value_loss",
+        (np.array([[0.1666666716337204]]), np.array([[-0.3333333432674408]]), np.array([[0.6666666865348816]]), mask),
+        ("values", "old_values", "returns", "mask"),
+        {"clip_eps": 0.5},
+        mask=mask,
+        per_token=("values", "old_values", "returns"),
+    )
+    assert _grad_error("value_loss", case) <= 1.0
