@@ -56,4 +56,22 @@ def test_plugin_is_registered_by_the_entry_point() -> None:
     from importlib.metadata import entry_points
 
     names = {ep.value for ep in entry_points(group="pytest11")}
-    assert "rlhf_oracle.properties.pytest_plugin" in names
+    assert "rlhf_oracle.pytest_plugin" in names
+
+
+def test_the_entry_point_is_harmless_without_torch() -> None:
+    """A NumPy-only install also registers the entry point: loading it must not fail, and registers nothing."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # import torch -> ImportError, as on a machine without it\n"
+        "import rlhf_oracle.pytest_plugin as p\n"
+        "assert not hasattr(p, 'rlhf_oracle') and not hasattr(p, 'pytest_addoption')\n"
+        "assert 'rlhf_oracle.properties' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    import rlhf_oracle.pytest_plugin as plugin
+
+    assert hasattr(plugin, "rlhf_oracle") and hasattr(plugin, "pytest_addoption")
