@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -463,10 +463,27 @@ def _diagnose(ctx: _Context, failure: Failure) -> list[str]:
             f"{', '.join(failure.case.per_token)} the output is not finite"
         )
         if ratio <= 1.0:
-            notes.append(
-                leak + ", and with zeros there it matches the reference: values at masked positions reach the "
-                "result (multiply-by-mask, NaN * 0 = NaN; OpenRLHF PR #1240). Use torch.where on the inputs."
-            )
+            # Zeros hide it. Finite garbage there tells a NaN * 0 leak (harmless with finite padding) from a
+            # formula that reads the masked slots (e.g. GAE bootstrapping from the first pad), which then shows.
+            garbage = failure.case.refilled("keep", rng_seed=1)
+            rg = rounded(garbage, ctx.dtype)
+            try:
+                actual_g = _outputs(_candidate_call(ctx.fn, garbage, ctx.dtype, ctx.device, ctx.accepted))
+                expected_g = _reference(spec, rg)
+                ratio_g, *_ = _compare(spec, rg, expected_g, actual_g, ctx.dtype, ctx.ignore_masked)
+            except Exception:
+                ratio_g = math.inf
+            if ratio_g <= 1.0:
+                notes.append(
+                    leak + ", and with zeros (or any finite values) there it matches the reference: values at masked "
+                    "positions reach the result (multiply-by-mask, NaN * 0 = NaN; OpenRLHF PR #1240). Use "
+                    "torch.where on the inputs."
+                )
+                return notes
+            notes.append(leak + "; with finite values there it still differs: the formula reads masked slots")
+            if math.isfinite(ratio_g):
+                notes += _variant_matches(ctx, replace(failure, case=garbage, rounded=rg, expected=expected_g,
+                                                       actual=actual_g))  # fmt: skip
             return notes
         notes.append(leak + " (and it also differs with zeros there, see below)")
     if failure.kind == "nonfinite" and not notes:
