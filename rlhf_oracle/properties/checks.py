@@ -467,6 +467,7 @@ def _diagnose(ctx: _Context, failure: Failure) -> list[str]:
             # formula that reads the masked slots (e.g. GAE bootstrapping from the first pad), which then shows.
             garbage = failure.case.refilled("keep", rng_seed=1)
             rg = rounded(garbage, ctx.dtype)
+            actual_g: list[np.ndarray] | None = None
             try:
                 actual_g = _outputs(_candidate_call(ctx.fn, garbage, ctx.dtype, ctx.device, ctx.accepted))
                 expected_g = _reference(spec, rg)
@@ -481,7 +482,7 @@ def _diagnose(ctx: _Context, failure: Failure) -> list[str]:
                 )
                 return notes
             notes.append(leak + "; with finite values there it still differs: the formula reads masked slots")
-            if math.isfinite(ratio_g):
+            if actual_g is not None:  # (the ratio may be inf: a non-zero output where the reference is exactly 0)
                 notes += _variant_matches(ctx, replace(failure, case=garbage, rounded=rg, expected=expected_g,
                                                        actual=actual_g))  # fmt: skip
             return notes
