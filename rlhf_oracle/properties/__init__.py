@@ -3,8 +3,10 @@
 - :mod:`.registry` - one entry per formula (reference, torch twin, strategy, tolerance, paper, docs, sympy,
   convention variants);
 - :mod:`.strategies` - hypothesis strategies that build valid and invalid inputs;
+- :mod:`.engine` - the named properties (values, gradients, edge_cases, masked_slots, masked_outputs,
+  stability, dtype) and ``run_check``; :mod:`.diagnosis` - why a property failed; :mod:`.report` - the verdicts;
 - :mod:`.checks` - ``check_<formula>(candidate, *, adapter=None, dtype=torch.float64, device="cpu",
-  max_examples=None, **conventions)``, re-exported here;
+  max_examples=None, waive=(), **conventions)``, re-exported here;
 - :mod:`.adapters` - make other argument/return conventions fit the reference's;
 - :mod:`.tolerances` - the written tolerance policy;
 - :mod:`.pytest_plugin` - the ``rlhf_oracle`` fixture and ``--rlhf-oracle-profile``;

@@ -8,9 +8,10 @@ entry lacks a part.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Container, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -85,6 +86,16 @@ class FormulaSpec:
     """Whether a bf16 comparison makes sense (False for scalar-only formulas)."""
     value_alternative: Callable[[Case], np.ndarray] | None = None
     """For outputs with a jump (``ppo_clip_grad`` on a clip bound): the other one-sided value, NaN elsewhere."""
+    exponentiates: bool = False
+    """The formula runs exp on a log-ratio (an overflow is a plausible cause of a non-finite result)."""
+    stability_note: str = ""
+    """What the ``stability`` property's inputs are for this formula, and what real code does there."""
+
+    @property
+    def has_mask(self) -> bool:
+        """The formula takes a required ``[B, T]`` mask (edge cases and masked slots apply)."""
+        p = inspect.signature(self.reference).parameters.get("mask")
+        return p is not None and p.default is inspect.Parameter.empty
 
     def cases(
         self, fixed: Mapping[str, Any] | None = None, accepted: Container[str] | None = None
@@ -506,6 +517,28 @@ _SPECS = [
         (),
         ("std_normalize", "unbiased", "eps"),
     ),
+]
+
+_EXPONENTIATES = ("ppo_clip_objective", "ppo_clip_grad", "policy_loss", "kl_estimate", "kl_shaped_rewards")
+
+_STABILITY_NOTES = {
+    "token_logprobs": "logit offsets of 1e4 and spreads of 1e3-1e4: softmax underflows to exactly 0, a stable "
+    "log-softmax does not",
+    "entropy_from_logits": "logit offsets of 1e4 and spreads of 1e3-1e4: p log p with p = 0 is NaN",
+    "kl_exact": "logit offsets of 1e4 and spreads of 1e3-1e4",
+    "ppo_clip_objective": "log-ratios to +-50 (r = e^50): beyond the +-20 clamp of verl and OpenRLHF",
+    "ppo_clip_grad": "log-ratios to +-50 (r = e^50)",
+    "policy_loss": "log-ratios to +-50 (r = e^50): beyond the +-20 clamp of verl and OpenRLHF",
+    "kl_estimate": "log-ratios to +-1e4: estimator values far beyond the +-10 output clamp of OpenRLHF and verl, "
+    "and beyond exp's range in float32 (88.7) and float64 (709.8)",
+    "kl_shaped_rewards": "log-ratios to +-50: estimator values beyond +-10",
+    "reward_model_loss": "reward gaps of 1e4: sigmoid underflows to 0, log(0) = -inf",
+    "ranking_loss": "reward gaps of 1e2-1e4 inside a ranked row",
+}
+
+_SPECS = [
+    replace(spec, exponentiates=spec.id in _EXPONENTIATES, stability_note=_STABILITY_NOTES.get(spec.id, ""))
+    for spec in _SPECS
 ]
 
 REGISTRY: dict[str, FormulaSpec] = {spec.id: spec for spec in _SPECS}

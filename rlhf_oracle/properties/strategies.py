@@ -44,6 +44,12 @@ __all__ = [
 FILLS = ("keep", "zero", "nan", "inf", "huge")
 """What the masked slots of per-token inputs hold: the drawn values, 0, NaN, +-inf, or 1e30."""
 
+MATHS_FILLS = ("keep", "zero")
+"""Padding of the maths properties' inputs (finite)."""
+
+NONFINITE_FILLS = ("nan", "inf", "huge")
+"""Padding of the ``masked_slots`` property's inputs."""
+
 _FILL_VALUES = {"zero": 0.0, "nan": math.nan, "inf": math.inf, "huge": 1e30}
 
 Draw = Callable[[st.SearchStrategy[Any]], Any]
@@ -65,6 +71,8 @@ class Case:
     """Names of the arguments whose masked slots may hold anything (the ones :func:`fill_masked` wrote)."""
     fill: str = "keep"
     """What the masked slots hold (one of :data:`FILLS`)."""
+    edge: str = ""
+    """Which degenerate input this is (one of :data:`EDGE_KINDS`), or "" for a non-degenerate case."""
 
     def named(self) -> dict[str, Any]:
         """All inputs by name."""
@@ -117,15 +125,15 @@ def float_arrays(shape: tuple[int, ...], lo: float = -10.0, hi: float = 10.0) ->
     return hnp.arrays(np.float64, shape, elements=elements)
 
 
-def log_ratios(shape: tuple[int, ...], *, far: bool = False) -> st.SearchStrategy[np.ndarray]:
-    """Log-ratios Delta: exactly 0, tiny (|Delta| < 1e-6), at the PPO clip boundaries, moderate (|Delta| <= 3);
-    with ``far`` also |Delta| up to 1e4 (the estimators' overflow edge)."""
+def log_ratios(shape: tuple[int, ...], *, far: bool = False, limit: float = 3.0) -> st.SearchStrategy[np.ndarray]:
+    """Log-ratios Delta: exactly 0, tiny (|Delta| < 1e-6), at the PPO clip boundaries, moderate (|Delta| <=
+    ``limit``); with ``far`` also |Delta| up to 1e4 (the estimators' overflow edge)."""
     boundaries = [0.0, math.log(0.8), math.log(1.2), math.log(0.9), math.log(1.28), math.log(3.0)]
     parts = [
-        st.sampled_from(boundaries),
+        st.sampled_from([b for b in boundaries if abs(b) <= limit]),
         _floats(-1e-6, 1e-6),
         _floats(-0.5, 0.5),
-        _floats(-3.0, 3.0),
+        _floats(-limit, limit),
     ]
     if far:
         parts += [_floats(-1e4, 1e4), _floats(-120.0, 120.0), st.sampled_from([-1e4, 1e4, -800.0, -100.0, 100.0])]
@@ -133,20 +141,27 @@ def log_ratios(shape: tuple[int, ...], *, far: bool = False) -> st.SearchStrateg
 
 
 def advantages_like(shape: tuple[int, ...]) -> st.SearchStrategy[np.ndarray]:
-    """Advantages / rewards: both signs, zeros, tiny and moderate magnitudes."""
-    elements = st.one_of(_floats(-5.0, 5.0), st.sampled_from([0.0, 1.0, -1.0]), _floats(-1e-3, 1e-3))
+    """Advantages / rewards: both signs, some zeros, tiny and moderate magnitudes (hypothesis's simplest value,
+    0, is made rarer: an all-zero array hides most convention differences)."""
+    elements = st.one_of(
+        st.sampled_from([1.0, -1.0, 0.5, -2.0]), _floats(-5.0, 5.0), st.just(0.0), _floats(-1e-3, 1e-3)
+    )
     return hnp.arrays(np.float64, shape, elements=elements)
 
 
 @st.composite
-def logits(draw: Draw, shape: tuple[int, ...]) -> np.ndarray:
-    """Logits [..., V] in one of several regimes: moderate, huge (|z| ~ 1e4: logsumexp must shift),
-    near-ties (equal up to 1e-9), one dominant token (+50), very negative (-1e3)."""
-    regime = draw(st.sampled_from(["moderate", "huge", "near_ties", "dominant", "negative"]))
+def logits(draw: Draw, shape: tuple[int, ...], *, extreme: bool = False) -> np.ndarray:
+    """Logits [..., V] in one of several regimes: moderate, near-ties (equal up to 1e-9), one dominant token
+    (+50); with ``extreme`` (the ``stability`` property) huge offsets (|z| ~ 1e4: logsumexp must shift), very
+    negative (-1e3) and logit spreads of 1e3-1e4 (softmax underflows to exactly 0 for the others)."""
     base: np.ndarray = draw(float_arrays(shape, -10.0, 10.0))
-    if regime == "huge":
-        offset = float(draw(st.sampled_from([1e4, -1e4, 3e3])))
-        return np.asarray(base + offset)
+    if extreme:  # an offset (0, +-1e4, -1e3) and always one token 1e3-1e4 apart from the others
+        offset = float(draw(st.sampled_from([0.0, 1e4, -1e4, -1e3])))
+        idx = draw(st.integers(0, shape[-1] - 1))
+        out = base + offset
+        out[..., idx] += float(draw(st.sampled_from([1e3, 3e3, 1e4, -1e3, -1e4])))
+        return np.asarray(out)
+    regime = draw(st.sampled_from(["moderate", "near_ties", "dominant"]))
     if regime == "near_ties":
         level = float(draw(_floats(-5.0, 5.0)))
         return np.asarray(level + base * 1e-10)
@@ -155,8 +170,6 @@ def logits(draw: Draw, shape: tuple[int, ...]) -> np.ndarray:
         out = base.copy()
         out[..., idx] += 50.0
         return out
-    if regime == "negative":
-        return np.asarray(base - 1e3)
     return base
 
 
@@ -235,12 +248,14 @@ class _Params:
 
 
 def _shape_bt(draw: Draw, max_b: int = 4, max_t: int = 8) -> tuple[int, int]:
-    return draw(st.integers(1, max_b)), draw(st.integers(1, max_t))
+    """B in [1, max_b], T in [2, max_t] (T = 1 leaves no room for padding: it is an edge case of its own)."""
+    return draw(st.integers(1, max_b)), draw(st.integers(2, max_t))
 
 
-def _fill(draw: Draw, arrays: dict[str, np.ndarray], mask: np.ndarray, allow_nonfinite: bool = True) -> str:
-    fills = FILLS if allow_nonfinite else ("keep", "zero", "huge")
-    fill = str(draw(st.sampled_from(fills)))
+def _fill(draw: Draw, arrays: dict[str, np.ndarray], mask: np.ndarray) -> str:
+    """Finite padding (the drawn values or zeros): NaN/inf/1e30 in masked slots are the ``masked_slots``
+    property's inputs, built from these cases by :func:`masked_slot_cases`."""
+    fill = str(draw(st.sampled_from(MATHS_FILLS)))
     for i, (name, value) in enumerate(arrays.items()):
         arrays[name] = fill_masked(value, mask, fill, seed=i)
     return fill
@@ -305,7 +320,8 @@ def _agg_params(p: _Params, default: str, t: int, name: str = "agg") -> str:
 
 
 def _min_valid(agg: str) -> int:
-    return 1 if agg in ("seq-mean-token-mean",) else 0
+    """Every row of a maths case has a valid token, whatever the aggregation (empty rows are ``edge_cases``)."""
+    return 1
 
 
 @st.composite
@@ -349,14 +365,10 @@ def _kl_estimate(draw: Draw, fixed: Fixed, accepted: Accepted) -> Case:
     shape = draw(st.sampled_from([(draw(st.integers(1, 16)),), _shape_bt(draw)]))
     p = _Params(draw, fixed, accepted)
     p("kind", st.sampled_from(["k1", "k2", "k3"]), "k1")
-    clamp = p.get("log_ratio_clamp", None)
     logp_ref = draw(float_arrays(shape, -20.0, 0.0))
-    # far log-ratios only where the result is defined in every dtype: with a clamp (|Delta| up to 1e4), else
-    # |Delta| <= 30 so that exp(-Delta) stays finite in float32/bf16 (the overflow edge is its own property)
-    if clamp is not None:
-        delta = draw(log_ratios(shape, far=True))
-    else:
-        delta = draw(log_ratios(shape)) * draw(st.sampled_from([1.0, 10.0]))
+    # |Delta| <= 2 keeps every estimator within +-10 (k3 <= e^2 - 3): far log-ratios and estimator values beyond
+    # +-10, where frameworks clamp, are the stability property's inputs
+    delta = draw(log_ratios(shape, limit=2.0))
     return Case("kl_estimate", (logp_ref + delta, logp_ref), ("logp", "logp_ref"), p.finish())
 
 
@@ -392,7 +404,7 @@ def _kl_shaped_rewards(draw: Draw, fixed: Fixed, accepted: Accepted) -> Case:
         t = max(t, 2)
     m = draw(masks(b, t, min_valid=1, need_pad_after=position == "after_last"))
     logp_ref = draw(float_arrays((b, t), -20.0, 0.0))
-    logp = logp_ref + draw(log_ratios((b, t)))
+    logp = logp_ref + draw(log_ratios((b, t), limit=2.0))
     scores = draw(advantages_like((b,)))
     beta = draw(st.sampled_from([0.0, 0.05, 0.1, 1.0]))
     arrays = {"logp": logp, "logp_ref": logp_ref}
@@ -411,7 +423,7 @@ def _kl_shaped_rewards(draw: Draw, fixed: Fixed, accepted: Accepted) -> Case:
 @st.composite
 def _rlhf_objective(draw: Draw, fixed: Fixed, accepted: Accepted) -> Case:
     b, t = _shape_bt(draw)
-    m = draw(masks(b, t, min_valid=0))
+    m = draw(masks(b, t, min_valid=1))
     logp_ref = draw(float_arrays((b, t), -20.0, 0.0))
     logp = logp_ref + draw(log_ratios((b, t)))
     scores = draw(advantages_like((b,)))
@@ -477,7 +489,7 @@ def _ranking_loss(draw: Draw, fixed: Fixed, accepted: Accepted) -> Case:
 @st.composite
 def _gae(draw: Draw, fixed: Fixed, accepted: Accepted) -> Case:
     b, t = _shape_bt(draw, 4, 10)
-    m = draw(masks(b, t, min_valid=0))
+    m = draw(masks(b, t, min_valid=1))
     arrays = {"rewards": draw(advantages_like((b, t))), "values": draw(advantages_like((b, t)))}
     fill = _fill(draw, arrays, m)
     p = _Params(draw, fixed, accepted)
@@ -499,11 +511,10 @@ def _whiten(draw: Draw, fixed: Fixed, accepted: Accepted) -> Case:
     b, t = draw(st.integers(1, 4)), draw(st.integers(2, 8))
     p = _Params(draw, fixed, accepted)
     p("shift_mean", st.booleans(), True)
-    unbiased = p("unbiased", st.booleans(), True)
-    m = draw(masks(b, t, min_valid=0))
-    need = 2 if unbiased else 1  # an unbiased variance needs two valid tokens
-    if int(m.sum()) < need:
-        m.reshape(-1)[:need] = True
+    p("unbiased", st.booleans(), True)
+    m = draw(masks(b, t, min_valid=1))
+    if int(m.sum()) < 2:  # a variance needs two valid tokens (one token is an edge case)
+        m[0, :2] = True
     x = draw(st.one_of(advantages_like((b, t)), float_arrays((b, t), -1e3, 1e3)))
     scale_offset = draw(st.sampled_from([0.0, 100.0]))
     arrays = {"x": x + scale_offset}
@@ -568,7 +579,7 @@ def _grpo_advantages(draw: Draw, fixed: Fixed, accepted: Accepted) -> Case:
     if accepted is None or "mask" in accepted:
         if draw(st.booleans()):
             t = draw(st.integers(1, 6))
-            p.kwargs["mask"] = draw(masks(b, t, min_valid=0))
+            p.kwargs["mask"] = draw(masks(b, t, min_valid=1))
     return Case("grpo_advantages", (scores, group_size), ("scores", "group_size"), p.finish())
 
 
@@ -609,6 +620,151 @@ def cases(
     if formula not in _BUILDERS:
         raise KeyError(f"unknown formula {formula!r}; known: {sorted(_BUILDERS)}")
     return _BUILDERS[formula](dict(fixed or {}), accepted)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the other properties' inputs, built from the maths cases
+
+EDGE_KINDS = ("empty row", "one valid token", "all masked", "B = 1")
+"""The degenerate inputs of the ``edge_cases`` property (formulas with a mask)."""
+
+
+def _extreme_deltas(shape: tuple[int, ...]) -> st.SearchStrategy[np.ndarray]:
+    """Log-ratios that reach +-50 (exp(50) ~ 5e21: finite in float32/bf16, beyond every framework's +-20 clamp),
+    mixed with moderate ones."""
+    far = st.one_of(st.sampled_from([-50.0, -30.0, -21.0, 21.0, 30.0, 50.0]), _floats(-50.0, 50.0))
+    return st.tuples(hnp.arrays(np.float64, shape, elements=st.one_of(far, _floats(-3.0, 3.0))), far).map(
+        lambda arr_far: _force_first(*arr_far)
+    )
+
+
+def _force_first(arr: np.ndarray, value: float) -> np.ndarray:
+    """``arr`` with its first element set to ``value`` (every extreme case holds at least one extreme value)."""
+    out = arr.copy()
+    if out.size:
+        out.reshape(-1)[0] = value
+    return out
+
+
+def _with_delta(case: Case, draw: Draw, base: str, moved: str, *, very_far: bool = False) -> Case:
+    named = case.named()
+    b = np.asarray(named[base], dtype=np.float64)
+    delta = draw(log_ratios(b.shape, far=True)) if very_far else draw(_extreme_deltas(b.shape))
+    new = b + delta
+    if case.mask is not None and moved in case.per_token:
+        new = np.where(case.mask, new, np.asarray(named[moved]))
+    return case.with_inputs(**{moved: new})
+
+
+def _stable_logits(case: Case, draw: Draw, *names: str) -> Case:
+    named = case.named()
+    return case.with_inputs(**{n: draw(logits(np.asarray(named[n]).shape, extreme=True)) for n in names})
+
+
+def _stable_gap(case: Case, draw: Draw, high: str, low: str) -> Case:
+    hi = np.asarray(case.named()[high], dtype=np.float64)
+    big = st.sampled_from([-1e4, 1e4, -3e3])
+    gap = _force_first(draw(hnp.arrays(np.float64, hi.shape, elements=st.one_of(_floats(-1e4, 1e4), big))), draw(big))
+    return case.with_inputs(**{low: hi - gap})
+
+
+def _stable_ranking(case: Case, draw: Draw) -> Case:
+    r = np.asarray(case.args[0], dtype=np.float64)
+    scale = float(draw(st.sampled_from([1e2, 1e3, 5e3])))
+    return case.with_inputs(rewards=-np.sort(-r, axis=1) * scale)
+
+
+_STABILITY: dict[str, Callable[[Case, Draw], Case]] = {
+    "token_logprobs": lambda c, d: _stable_logits(c, d, "logits"),
+    "entropy_from_logits": lambda c, d: _stable_logits(c, d, "logits"),
+    "kl_exact": lambda c, d: _stable_logits(c, d, "logits", "logits_ref"),
+    "ppo_clip_objective": lambda c, d: _with_delta(c, d, "logp_old", "logp"),
+    "ppo_clip_grad": lambda c, d: _with_delta(c, d, "logp_old", "logp"),
+    "policy_loss": lambda c, d: _with_delta(c, d, "logp_old", "logp"),
+    "kl_estimate": lambda c, d: _with_delta(c, d, "logp_ref", "logp", very_far=True),
+    "kl_shaped_rewards": lambda c, d: _with_delta(c, d, "logp_ref", "logp"),
+    "reward_model_loss": lambda c, d: _stable_gap(c, d, "chosen", "rejected"),
+    "ranking_loss": _stable_ranking,
+}
+"""How each formula's maths case is pushed into the regime where real code differs (log-ratios to +-50, logit
+spreads of 1e3-1e4, reward gaps of 1e4, estimator values beyond +-10). Formulas without an entry have no
+``stability`` property. Extend with :func:`register_stability`."""
+
+
+def register_stability(formula: str, transform: Callable[[Case, Draw], Case]) -> None:
+    """Give ``formula`` a ``stability`` property: ``transform(maths_case, draw)`` returns the extreme case."""
+    _STABILITY[formula] = transform
+
+
+def has_stability(formula: str) -> bool:
+    return formula in _STABILITY
+
+
+@st.composite
+def _stability(draw: Draw, formula: str, fixed: Fixed, accepted: Accepted) -> Case:
+    case = draw(cases(formula, fixed, accepted))
+    return _STABILITY[formula](case, draw)
+
+
+def stability_cases(formula: str, fixed: Fixed | None = None, accepted: Accepted = None) -> st.SearchStrategy[Case]:
+    """Inputs of the ``stability`` property: the maths cases pushed to the extreme regime of ``formula``."""
+    return _stability(formula, dict(fixed or {}), accepted)
+
+
+@st.composite
+def _masked_slots(draw: Draw, formula: str, fixed: Fixed, accepted: Accepted) -> Case:
+    case = draw(cases(formula, fixed, accepted))
+    return case.refilled(str(draw(st.sampled_from(NONFINITE_FILLS))), rng_seed=draw(st.integers(0, 3)))
+
+
+def masked_slot_cases(formula: str, fixed: Fixed | None = None, accepted: Accepted = None) -> st.SearchStrategy[Case]:
+    """Inputs of the ``masked_slots`` property: maths cases with NaN, +-inf or 1e30 in every masked input slot."""
+    return _masked_slots(formula, dict(fixed or {}), accepted)
+
+
+def _batched(case: Case) -> list[str]:
+    assert case.mask is not None
+    b = case.mask.shape[0]
+    return [n for n, v in case.named().items() if isinstance(v, np.ndarray) and v.ndim >= 1 and v.shape[0] == b]
+
+
+def edge_case(case: Case, kind: str, row: int = 0, position: int = 0) -> Case:
+    """``case`` made degenerate: one row all masked, a single valid token in the batch, every token masked, or
+    only the first row (B = 1)."""
+    assert case.mask is not None
+    m = case.mask.copy()
+    b, t = m.shape
+    if kind == "empty row" and b == 1:
+        kind = "all masked"
+    if kind == "B = 1":
+        named = case.named()
+        return replace(case.with_inputs(**{n: np.asarray(named[n])[:1] for n in _batched(case)}), mask=m[:1], edge=kind)
+    if kind == "empty row":
+        m[row % b] = False
+    elif kind == "one valid token":
+        keep = np.zeros_like(m)
+        last = t - 2 if case.kwargs.get("score_position") == "after_last" else t - 1
+        keep[row % b, min(position, max(last, 0))] = True
+        m = keep
+    elif kind == "all masked":
+        m[:] = False
+    else:
+        raise ValueError(f"unknown edge case {kind!r}; known: {EDGE_KINDS}")
+    names = {"grpo_advantages": "mask"}
+    return replace(case.with_inputs(**{names.get(case.formula, "mask"): m}), mask=m, edge=kind)
+
+
+@st.composite
+def _edge(draw: Draw, formula: str, fixed: Fixed, accepted: Accepted) -> Case:
+    case = draw(cases(formula, fixed, accepted))
+    assert case.mask is not None
+    kind = str(draw(st.sampled_from(EDGE_KINDS)))
+    return edge_case(case, kind, draw(st.integers(0, 7)), draw(st.integers(0, 9)))
+
+
+def edge_cases(formula: str, fixed: Fixed | None = None, accepted: Accepted = None) -> st.SearchStrategy[Case]:
+    """Inputs of the ``edge_cases`` property: an empty row, one valid token, all masked, or B = 1."""
+    return _edge(formula, dict(fixed or {}), accepted)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -44,6 +44,91 @@ class Variant:
     """How many independent changes from the reference (the diagnosis prefers the fewest)."""
 
 
+def _fmt(c: float) -> str:
+    return f"{c:.6g}"
+
+
+def _fit_error(out: Any, actual: list[np.ndarray]) -> float:
+    """How far a variant's output is from the candidate's (max relative difference; inf if incomparable)."""
+    outs = out if isinstance(out, tuple) else (out,)
+    if len(outs) != len(actual):
+        return math.inf
+    worst = 0.0
+    with np.errstate(all="ignore"):
+        for o, a in zip(outs, actual, strict=True):
+            o = np.asarray(o, dtype=np.float64)
+            if o.shape != a.shape:
+                return math.inf
+            same = (o == a) | (np.isnan(o) & np.isnan(a))
+            d = np.where(same, 0.0, np.abs(o - a) / (1.0 + np.abs(a)))
+            worst = max(worst, float(np.nan_to_num(d, nan=np.inf).max(initial=0.0)))
+    return worst
+
+
+def fit_constant(
+    compute: Callable[[Case, float], Any], case: Case, actual: list[np.ndarray], grid: list[float]
+) -> float | None:
+    """The constant of ``grid`` (refined between its neighbours by ternary search) whose variant output is
+    closest to the candidate's; None if no value gives a finite comparison."""
+    scored = []
+    for c in sorted(set(grid)):
+        try:
+            scored.append((_fit_error(compute(case, c), actual), c))
+        except Exception:
+            continue
+    scored = [(e, c) for e, c in scored if math.isfinite(e)]
+    if not scored:
+        return None
+    best_err, best = min(scored)
+    if best_err == 0.0:
+        return best
+    values = sorted(c for _, c in scored)
+    i = values.index(best)
+    lo, hi = values[max(i - 1, 0)], values[min(i + 1, len(values) - 1)]
+    for _ in range(40):
+        m1, m2 = lo + (hi - lo) / 3, hi - (hi - lo) / 3
+        try:
+            e1, e2 = _fit_error(compute(case, m1), actual), _fit_error(compute(case, m2), actual)
+        except Exception:
+            break
+        if e1 <= e2:
+            hi = m2
+        else:
+            lo = m1
+    mid = (lo + hi) / 2
+    try:
+        if _fit_error(compute(case, mid), actual) < best_err:
+            return mid
+    except Exception:
+        pass
+    return best
+
+
+@dataclass(frozen=True)
+class Fitted(Variant):
+    """A variant with one constant fitted to the candidate's output: a dual-clip c, a clamp bound. ``name`` and
+    ``description`` are templates with ``{c}``."""
+
+    param_compute: Callable[[Case, float], Any] | None = field(default=None, repr=False)
+    grid: Callable[[Case, list[np.ndarray]], list[float]] | None = field(default=None, repr=False)
+
+    def fit(self, case: Case, actual: list[np.ndarray] | None) -> Variant:
+        assert self.param_compute is not None and self.grid is not None
+        if actual is None:
+            raise NotImplementedError("a fitted variant needs the candidate's output")
+        compute = self.param_compute
+        c = fit_constant(compute, case, actual, self.grid(case, actual))
+        if c is None:
+            raise NotImplementedError("no constant fits")
+        return Variant(
+            self.name.format(c=_fmt(c)),
+            self.description.format(c=_fmt(c)),
+            lambda cs, c=c: compute(cs, c),
+            None,
+            self.deviations,
+        )
+
+
 def _kw(case: Case, **changes: Any) -> dict[str, Any]:
     return {**case.kwargs, **changes}
 
@@ -177,7 +262,14 @@ def _agg_axis(current: str, arg: str) -> list[_AggAxis]:
 # PPO clip axis
 
 
-def _ppo_np(c: Case, variant: str) -> np.ndarray:
+DUAL_CLIP_GRID = [1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 10.0]
+"""Where the dual-clip constant c is searched (then refined between neighbours): Ye et al. 2020 use 3."""
+
+CLAMP_GRID = [1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0]
+"""Where a clamp bound is searched (then refined): verl and OpenRLHF clamp log-ratios to +-20, estimators to +-10."""
+
+
+def _ppo_np(c: Case, variant: str, dual_c: float | None = None, clamp: float | None = None) -> np.ndarray:
     n = c.named()
     logp, old, adv = (np.asarray(n[k], dtype=np.float64) for k in ("logp", "logp_old", "advantages"))
     eps = float(n.get("clip_eps", 0.2))
@@ -185,7 +277,10 @@ def _ppo_np(c: Case, variant: str) -> np.ndarray:
     high = eps if eps_high is None else float(eps_high)
     dual = n.get("dual_clip")
     with np.errstate(all="ignore"):
-        ratio = np.exp((old - logp) if variant == "ratio inverted" else (logp - old))
+        delta = (old - logp) if variant == "ratio inverted" else (logp - old)
+        if clamp is not None:
+            delta = np.clip(delta, -clamp, clamp)
+        ratio = np.exp(delta)
         if variant == "clip bounds swapped":
             low_b, high_b = 1 - high, 1 + eps
         elif variant == "symmetric clip":
@@ -200,8 +295,8 @@ def _ppo_np(c: Case, variant: str) -> np.ndarray:
             obj = np.maximum(unclipped, clipped)
         else:
             obj = np.minimum(unclipped, clipped)
-        if variant == "dual clip always on (c=3)":
-            dual = 3.0 if dual is None else dual
+        if variant == "dual clip always on":
+            dual = dual_c
         if dual is not None and variant != "dual clip missing":
             if variant == "dual clip on positive A":
                 obj = np.maximum(obj, dual * adv)
@@ -219,8 +314,14 @@ _PPO_AXIS: dict[str, str] = {
     "ratio inverted": "r = pi_old / pi = exp(logp_old - logp)",
     "dual clip on positive A": "max(., c A) applied to every advantage, not only A < 0 (tianshou #433)",
     "dual clip missing": "dual_clip ignored",
-    "dual clip always on (c=3)": "dual clip with c = 3 applied for A < 0 even when not asked (verl's default)",
+    "dual clip always on": "dual clip max(min(r A, clip(r) A), c A) applied for A < 0 although not asked "
+    "(verl compute_policy_loss_vanilla: clip_ratio_c = 3 always on; Ye et al. 2020)",
 }
+
+_CLAMP_TEXT = (
+    "log-ratio clamped to [-{c}, {c}] before exp (verl and OpenRLHF clamp to +-20): the ratio saturates at "
+    "e^{c}, so far from the old policy the loss and its gradient are not those of PPO"
+)
 
 
 def _ppo_applies(c: Case, variant: str) -> bool:
@@ -229,9 +330,42 @@ def _ppo_applies(c: Case, variant: str) -> bool:
         return n.get("clip_eps_high") is not None
     if variant in ("dual clip on positive A", "dual clip missing"):
         return n.get("dual_clip") is not None
-    if variant == "dual clip always on (c=3)":
+    if variant == "dual clip always on":
         return n.get("dual_clip") is None
     return True
+
+
+def _ppo_name(obj: str | None, dual_c: float | None, clamp: float | None) -> tuple[list[str], list[str]]:
+    parts, descriptions = [], []
+    if obj == "dual clip always on":
+        parts.append(f"dual clip always on (c={_fmt(dual_c or 0.0)})")
+        descriptions.append(_PPO_AXIS[obj].replace("c A", f"{_fmt(dual_c or 0.0)} A"))
+    elif obj:
+        parts.append(obj)
+        descriptions.append(_PPO_AXIS[obj])
+    if clamp is not None:
+        parts.append(f"log-ratio clamp at {_fmt(clamp)}")
+        descriptions.append(_CLAMP_TEXT.format(c=_fmt(clamp)))
+    return parts, descriptions
+
+
+def _ppo_fit(
+    c: Case, actual: list[np.ndarray] | None, obj: str | None, clamp: bool, evaluate: Callable[..., Any]
+) -> tuple[float | None, float | None]:
+    """Fit the dual-clip c and/or the clamp bound of a PPO variant to the candidate's output."""
+    if actual is None:
+        raise NotImplementedError
+    dual_c: float | None = None
+    bound: float | None = None
+    if obj == "dual clip always on":
+        dual_c = fit_constant(lambda cs, k: evaluate(cs, k, None), c, actual, DUAL_CLIP_GRID)
+        if dual_c is None:
+            raise NotImplementedError
+    if clamp:
+        bound = fit_constant(lambda cs, k: evaluate(cs, dual_c, k), c, actual, CLAMP_GRID)
+        if bound is None:
+            raise NotImplementedError
+    return dual_c, bound
 
 
 def _ppo_variant(variant: str, description: str, sign: float = 1.0, deviations: int = 1) -> Variant:
@@ -243,10 +377,47 @@ def _ppo_variant(variant: str, description: str, sign: float = 1.0, deviations: 
     return Variant(variant, description, compute, deviations=deviations)
 
 
+@dataclass(frozen=True)
+class _PPOElementwise(Variant):
+    """A PPO objective variant (with an optional log-ratio clamp) whose constants are fitted per output."""
+
+    obj: str | None = None
+    clamp: bool = False
+
+    def resolve(self, case: Case, actual: list[np.ndarray] | None) -> Variant:
+        obj = self.obj
+        if obj is not None and not _ppo_applies(case, obj):
+            raise NotImplementedError
+
+        def evaluate(cs: Case, dual_c: float | None, bound: float | None) -> np.ndarray:
+            return _ppo_np(cs, obj or "reference", dual_c, bound)
+
+        dual_c, bound = (None, None)
+        if obj == "dual clip always on" or self.clamp:
+            dual_c, bound = _ppo_fit(case, actual, obj, self.clamp, evaluate)
+        parts, descriptions = _ppo_name(obj, dual_c, bound)
+        return Variant(
+            " + ".join(parts),
+            "; ".join(descriptions),
+            lambda cs: evaluate(cs, dual_c, bound),
+            None,
+            self.deviations,
+        )
+
+
 def _ppo_objective_variants() -> list[Variant]:
-    out = [_ppo_variant(k, d) for k, d in _PPO_AXIS.items()]
+    out: list[Variant] = []
+    for obj in [*_PPO_AXIS, None]:
+        for clamp in (False, True):
+            deviations = (obj is not None) + clamp
+            if deviations:
+                out.append(_PPOElementwise("", "", _unused, None, deviations, obj, clamp))
     out.append(_negated(R.ppo_clip_objective, "-min(r A, clip(r) A): the loss instead of the objective"))
     return out
+
+
+def _unused(c: Case) -> Any:
+    raise NotImplementedError
 
 
 def _ppo_grad_variants() -> list[Variant]:
@@ -282,73 +453,60 @@ def _policy_loss_variants() -> list[Variant]:
     out: list[Variant] = []
     agg_default = "seq-mean-token-mean"
 
-    def make(obj: str | None, agg: _AggAxis | None, sign: float) -> Callable[[Case], float]:
-        def compute(c: Case) -> float:
-            if obj is not None and not _ppo_applies(c, obj):
-                raise NotImplementedError
-            per_token = _ppo_np(c, obj or "reference")
-            m = np.asarray(c.named()["mask"], dtype=bool)
-            mode = c.kwargs.get("agg", agg_default)
-            mt = c.kwargs.get("max_tokens")
-            value = agg.fn(per_token, m, mode, mt) if agg is not None else _agg(per_token, m, mode, mt)
-            return -sign * value
-
-        return compute
-
-    # agg axis depends on the current mode; build the list for every possible current mode lazily
     def agg_axes(c: Case) -> list[_AggAxis]:
         return _agg_axis(c.kwargs.get("agg", agg_default), "agg")
 
-    names = [*_PPO_AXIS, None]
-    for obj in names:
-        for agg_index in [*range(len(_agg_axis(agg_default, "agg"))), None]:
-            for sign in (1.0, -1.0):
-                deviations = (obj is not None) + (agg_index is not None) + (sign < 0)
-                if deviations == 0 or deviations > 2:
-                    continue
-                out.append(_lazy_agg_variant(obj, agg_index, sign, deviations, agg_axes, make))
+    n_agg = len(_agg_axis(agg_default, "agg"))
+    for obj in [*_PPO_AXIS, None]:
+        for clamp in (False, True):
+            for agg_index in [*range(n_agg), None]:
+                for sign in (1.0, -1.0):
+                    deviations = (obj is not None) + clamp + (agg_index is not None) + (sign < 0)
+                    if deviations == 0 or deviations > 3:
+                        continue
+                    out.append(_NamedLazy("", "", _unused, None, deviations, obj, agg_index, sign, agg_axes, clamp))
     return out
-
-
-def _lazy_agg_variant(
-    obj: str | None,
-    agg_index: int | None,
-    sign: float,
-    deviations: int,
-    agg_axes: Callable[[Case], list[_AggAxis]],
-    make: Callable[[str | None, _AggAxis | None, float], Callable[[Case], float]],
-) -> Variant:
-    parts = [obj] if obj else []
-    parts += [f"agg axis #{agg_index}"] if agg_index is not None else []
-    parts += ["sign flipped"] if sign < 0 else []
-
-    def compute(c: Case) -> float:
-        axis = agg_axes(c)[agg_index] if agg_index is not None else None
-        return make(obj, axis, sign)(c)
-
-    return _NamedLazy(" + ".join(parts), "", compute, None, deviations, obj, agg_index, sign, agg_axes)
 
 
 @dataclass(frozen=True)
 class _NamedLazy(Variant):
-    """A composed variant whose aggregation part is named only once the current mode is known."""
+    """A composed variant (objective x log-ratio clamp x aggregation x sign) whose aggregation part is named once
+    the current mode is known and whose constants (dual-clip c, clamp bound) are fitted to the candidate."""
 
     obj: str | None = None
     agg_index: int | None = None
     sign: float = 1.0
     agg_axes: Callable[[Case], list[_AggAxis]] | None = field(default=None, repr=False)
+    clamp: bool = False
 
-    def resolve(self, case: Case) -> Variant:
+    def resolve(self, case: Case, actual: list[np.ndarray] | None = None) -> Variant:
         assert self.agg_axes is not None
+        if self.obj is not None and not _ppo_applies(case, self.obj):
+            raise NotImplementedError
+        axis = self.agg_axes(case)[self.agg_index] if self.agg_index is not None else None
+        compute_base = self.compute
+        obj, sign, is_ppo = self.obj, self.sign, self.compute is _unused
+
+        def evaluate(cs: Case, dual_c: float | None, bound: float | None) -> float:
+            if not is_ppo:
+                return float(compute_base(cs))
+            per_token = _ppo_np(cs, obj or "reference", dual_c, bound)
+            m = np.asarray(cs.named()["mask"], dtype=bool)
+            mode, mt = cs.kwargs.get("agg", "seq-mean-token-mean"), cs.kwargs.get("max_tokens")
+            value = axis.fn(per_token, m, mode, mt) if axis is not None else _agg(per_token, m, mode, mt)
+            return -sign * value
+
+        dual_c, bound = (None, None)
+        if is_ppo and (obj == "dual clip always on" or self.clamp):
+            dual_c, bound = _ppo_fit(case, actual, obj, self.clamp, evaluate)
         parts: list[str] = []
         descriptions: list[str] = []
         kwargs: dict[str, Any] | None = {}
-        if self.obj:
-            parts.append(self.obj)
-            descriptions.append(_PPO_AXIS[self.obj])
-            kwargs = None
-        if self.agg_index is not None:
-            axis = self.agg_axes(case)[self.agg_index]
+        if is_ppo:
+            parts, descriptions = _ppo_name(obj, dual_c, bound)
+            if parts:
+                kwargs = None
+        if axis is not None:
             parts.append(axis.name)
             descriptions.append(axis.description)
             if axis.kwargs is None:
@@ -359,7 +517,13 @@ class _NamedLazy(Variant):
             parts.append("sign flipped")
             descriptions.append("the objective J returned instead of the loss -J")
             kwargs = None
-        return Variant(" + ".join(parts), "; ".join(descriptions), self.compute, kwargs or None, self.deviations)
+        return Variant(
+            " + ".join(parts),
+            "; ".join(descriptions),
+            lambda cs: evaluate(cs, dual_c, bound),
+            kwargs or None,
+            self.deviations,
+        )
 
 
 def _aggregate_like_variants(
@@ -464,58 +628,117 @@ def _k(kind: str, delta: np.ndarray) -> np.ndarray:
         return np.asarray(np.expm1(-delta) + delta)
 
 
+_KL_FORMS = {
+    "flipped": "{kind} of logp_ref - logp instead of logp - logp_ref (KL sign flipped)",
+    "negated": "minus the {kind} estimator",
+    "abs": "|k1| = |logp - logp_ref| (TRL legacy kl_penalty='abs', verl 'abs')",
+    "no half": "(logp - logp_ref)^2 without the 1/2 of k2",
+}
+
+
+@dataclass(frozen=True)
+class _KLVariant(Variant):
+    """A KL estimator variant: the estimator (k1/k2/k3 or a form), optionally with the log-ratio clamped before it
+    and/or its output clamped, with both bounds fitted to the candidate's output."""
+
+    kind: str = "k1"
+    form: str = ""
+    in_clamp: bool = False
+    out_clamp: bool = False
+
+    def evaluate(self, c: Case, in_bound: float | None, out_bound: float | None) -> np.ndarray:
+        delta = _delta(c)
+        if in_bound is not None:
+            delta = np.clip(delta, -in_bound, in_bound)
+        elif not self.in_clamp and self.form != "clamp ignored":
+            delta = _clamped(c, delta)
+        with np.errstate(all="ignore"):
+            if self.form == "flipped":
+                value = _k(self.kind, -delta)
+            elif self.form == "negated":
+                value = -_k(self.kind, delta)
+            elif self.form == "abs":
+                value = np.abs(delta)
+            elif self.form == "no half":
+                value = delta**2
+            else:
+                value = _k(self.kind, delta)
+        return np.asarray(np.clip(value, -out_bound, out_bound) if out_bound is not None else value)
+
+    def resolve(self, case: Case, actual: list[np.ndarray] | None) -> Variant:
+        if self.form == "clamp ignored" and case.kwargs.get("log_ratio_clamp") is None:
+            raise NotImplementedError
+        in_bound: float | None = None
+        out_bound: float | None = None
+        if self.in_clamp or self.out_clamp:
+            if actual is None:
+                raise NotImplementedError
+        if self.out_clamp:
+            data = [float(x) for x in np.unique(np.abs(actual[0][np.isfinite(actual[0])]))[-3:]]
+            out_bound = fit_constant(lambda cs, b: self.evaluate(cs, None, b), case, actual, CLAMP_GRID + data)
+            if out_bound is None:
+                raise NotImplementedError
+        if self.in_clamp:
+            in_bound = fit_constant(lambda cs, b: self.evaluate(cs, b, out_bound), case, actual, CLAMP_GRID)
+            if in_bound is None:
+                raise NotImplementedError
+        current = case.kwargs.get("kind", "k1")
+        deviations = self.deviations
+        parts: list[str] = []
+        text: list[str] = []
+        kwargs: dict[str, Any] | None = None
+        if self.form in ("flipped", "negated"):
+            parts.append(f"kind={self.kind!r} " + ("with the log-ratio flipped" if self.form == "flipped" else "negated"))
+            text.append(_KL_FORMS[self.form].format(kind=self.kind))
+        elif self.form in ("abs", "no half"):
+            parts.append("|k1|" if self.form == "abs" else "k2 without the 1/2")
+            text.append(_KL_FORMS[self.form])
+        elif self.form == "clamp ignored":
+            parts.append("log_ratio_clamp ignored")
+            text.append(
+                "no clamp of the log-ratio before exp: exp(-Delta) overflows float32/bf16 beyond |Delta| = 88.7 "
+                "(verl #891, OpenRLHF #525: clamp before exp, not after)"
+            )
+        else:
+            deviations = int(self.kind != current) + self.in_clamp + self.out_clamp
+            if deviations == 0:
+                raise NotImplementedError  # the reference itself
+            kwargs = {}
+            if self.kind != current:
+                parts.append(f"kind={self.kind!r}")
+                text.append(f"the {self.kind} estimator")
+                kwargs["kind"] = self.kind
+        if in_bound is not None:
+            parts.append(f"log-ratio clamp at {_fmt(in_bound)}")
+            text.append(
+                f"log-ratio clamped to [-{_fmt(in_bound)}, {_fmt(in_bound)}] before the estimator (verl, OpenRLHF: 20)"
+            )
+            if kwargs is not None:
+                kwargs["log_ratio_clamp"] = in_bound
+        if out_bound is not None:
+            parts.append(f"output clamp at +-{_fmt(out_bound)}")
+            text.append(
+                f"the estimate clamped to [-{_fmt(out_bound)}, {_fmt(out_bound)}] (OpenRLHF compute_approx_kl clamps "
+                "every estimator to +-10; verl low_var_kl too): beyond it the KL and its gradient are cut off"
+            )
+            kwargs = None
+        return Variant(" + ".join(parts), "; ".join(text), lambda cs: self.evaluate(cs, in_bound, out_bound),
+                       kwargs or None, deviations)  # fmt: skip
+
+
 def _kl_estimate_variants() -> list[Variant]:
     out: list[Variant] = []
     for kind in ("k1", "k2", "k3"):
-
-        def same_kind(c: Case, kind: str = kind) -> np.ndarray:
-            return _k(kind, _clamped(c, _delta(c)))
-
-        def flipped(c: Case, kind: str = kind) -> np.ndarray:
-            return _k(kind, -_clamped(c, _delta(c)))
-
-        def negated(c: Case, kind: str = kind) -> np.ndarray:
-            return -_k(kind, _clamped(c, _delta(c)))
-
-        out.append(Variant(f"kind={kind!r}", f"the {kind} estimator", same_kind, {"kind": kind}))
-        out.append(
-            Variant(
-                f"kind={kind!r} with the log-ratio flipped",
-                f"{kind} of logp_ref - logp instead of logp - logp_ref (KL sign flipped)",
-                flipped,
-                deviations=2 if kind != "k1" else 1,
-            )
-        )
-        out.append(Variant(f"-{kind}", f"minus the {kind} estimator", negated, deviations=2))
-
-    def out_clamp(c: Case) -> np.ndarray:
-        return np.asarray(np.clip(_k(c.kwargs.get("kind", "k1"), _clamped(c, _delta(c))), -10.0, 10.0))
-
-    def in_clamp(c: Case) -> np.ndarray:
-        return _k(c.kwargs.get("kind", "k1"), np.clip(_delta(c), -20.0, 20.0))
-
-    def clamp_ignored(c: Case) -> np.ndarray:
-        if c.kwargs.get("log_ratio_clamp") is None:
-            raise NotImplementedError
-        return _k(c.kwargs.get("kind", "k1"), _delta(c))
-
-    out.append(Variant("output clamped to +-10", "the estimate clamped to [-10, 10] (OpenRLHF, verl)", out_clamp))
-    out.append(
-        Variant(
-            "log_ratio_clamp ignored",
-            "no clamp of the log-ratio before exp: exp(-Delta) overflows float32/bf16 beyond |Delta| = 88.7 "
-            "(verl #891, OpenRLHF #525: clamp before exp, not after)",
-            clamp_ignored,
-        )
-    )
-    out.append(
-        Variant(
-            "log_ratio_clamp=20",
-            "log-ratio clamped to [-20, 20] before the estimator (verl, OpenRLHF)",
-            in_clamp,
-            {"log_ratio_clamp": 20.0},
-        )
-    )
+        for in_clamp in (False, True):
+            for out_clamp in (False, True):
+                # the kind counts as a deviation only when it differs from the case's (decided at resolve time;
+                # here 1 + clamps is an upper bound, used for ranking the matches)
+                out.append(_KLVariant("", "", _unused, None, 1 + in_clamp + out_clamp, kind, "", in_clamp, out_clamp))
+        out.append(_KLVariant("", "", _unused, None, 2 if kind != "k1" else 1, kind, "flipped"))
+        out.append(_KLVariant("", "", _unused, None, 2, kind, "negated"))
+    out.append(_KLVariant("", "", _unused, None, 1, "k1", "abs"))
+    out.append(_KLVariant("", "", _unused, None, 1, "k2", "no half"))
+    out.append(_KLVariant("", "", _unused, None, 1, "k3", "clamp ignored"))
     return out
 
 
@@ -668,12 +891,21 @@ def _rm(c: Case, *, margin_sign: float = -1.0, swap: bool = False, reduce: str =
     return float(losses.sum() if reduce == "sum" else losses.mean())
 
 
+def _rm_naive(c: Case) -> float:
+    n = c.named()
+    d = np.asarray(n["chosen"], dtype=np.float64) - np.asarray(n["rejected"], dtype=np.float64)
+    if n.get("margin") is not None:
+        d = d - np.asarray(n["margin"], dtype=np.float64)
+    return float(np.mean(_naive_neg_log_sigmoid(d)))
+
+
 def _reward_model_variants() -> list[Variant]:
     return [
         Variant("margin sign flipped", "r_c - r_r + m", lambda c: _rm(c, margin_sign=1.0)),
         Variant("margin ignored", "margin dropped (OpenRLHF LogExpLoss)", lambda c: _rm(c, margin_sign=0.0)),
         Variant("chosen and rejected swapped", "-log sigmoid(r_r - r_c - m)", lambda c: _rm(c, swap=True)),
         Variant("sum over the batch", "sum instead of mean over the pairs", lambda c: _rm(c, reduce="sum")),
+        Variant("log(sigmoid) computed naively", _NAIVE_TEXT["sigmoid"], _rm_naive),
         _negated(R.reward_model_loss, "log sigmoid(...) (the log-likelihood, not the loss)"),
     ]
 
@@ -717,7 +949,15 @@ def _ranking_variants() -> list[Variant]:
             lambda c: _ranking(c, pairs="softmax"),
         ),
         _negated(R.ranking_loss, "the log-likelihood instead of the loss"),
+        Variant("log(sigmoid) computed naively", _NAIVE_TEXT["sigmoid"], _ranking_naive),
     ]
+
+
+def _ranking_naive(c: Case) -> float:
+    r = np.asarray(c.args[0], dtype=np.float64)
+    k = r.shape[1]
+    i, j = np.triu_indices(k, 1)
+    return float(np.mean(_naive_neg_log_sigmoid(r[:, i] - r[:, j]).sum(1) / math.comb(k, 2)))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -762,7 +1002,27 @@ def _gae_variants() -> list[Variant]:
         "(DS-Chat PR #672 off-by-one)",
         "gamma and lam swapped": "gamma and lambda exchanged",
     }
-    return [Variant(name, d, functools.partial(_by_name, _gae_np, name)) for name, d in described.items()]
+    out = [Variant(name, d, functools.partial(_by_name, _gae_np, name)) for name, d in described.items()]
+
+    def whitened(c: Case, unbiased: bool) -> tuple[np.ndarray, np.ndarray]:
+        adv, ret = R.gae(*c.args, **c.kwargs)
+        m = np.asarray(c.named()["mask"], dtype=bool)
+        return np.asarray(R.whiten(adv, m, unbiased=unbiased)), ret
+
+    out += [
+        Variant(
+            "advantages whitened inside GAE (Bessel)",
+            "the advantages come back already whitened over the batch's valid tokens (mean 0, Bessel-corrected "
+            "variance), returns = raw A + V (verl compute_gae_advantage_return calls masked_whiten)",
+            lambda c: whitened(c, True),
+        ),
+        Variant(
+            "advantages whitened inside GAE (population variance)",
+            "the advantages come back already whitened (population variance), returns = raw A + V",
+            lambda c: whitened(c, False),
+        ),
+    ]
+    return out
 
 
 def _whiten_np(c: Case, variant: str) -> np.ndarray:
@@ -863,6 +1123,42 @@ def _adaptive_variants() -> list[Variant]:
     ]
 
 
+_NAIVE_TEXT = {
+    "logprobs": "log of the softmax probabilities: softmax underflows to exactly 0 for tokens more than ~745 "
+    "(float64) / ~104 (float32) nats below the best, and log(0) = -inf; use log_softmax or z - logsumexp(z)",
+    "entropy": "-sum p log p with p = softmax(z): p underflows to 0 for very unlikely tokens and 0 * log 0 = "
+    "0 * -inf = NaN; use logsumexp(z) - sum p z",
+    "sigmoid": "log(sigmoid(x)) computed naively: sigmoid underflows to 0 for x below ~-745 (float64) / ~-104 "
+    "(float32) and log(0) = -inf (an infinite loss at large reward gaps); use logsigmoid / softplus",
+}
+
+
+def _softmax_naive(z: np.ndarray) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        e = np.exp(z - z.max(-1, keepdims=True))
+        return np.asarray(e / e.sum(-1, keepdims=True))
+
+
+def _naive_logprobs(c: Case) -> np.ndarray:
+    z = np.asarray(c.args[0], dtype=np.float64) / float(c.kwargs.get("temperature", 1.0))
+    tokens = np.asarray(c.args[1])
+    with np.errstate(all="ignore"):
+        p = np.take_along_axis(_softmax_naive(z), tokens[..., None], -1)[..., 0]
+        return np.asarray(np.log(p))
+
+
+def _naive_entropy(c: Case) -> np.ndarray:
+    z = np.asarray(c.args[0], dtype=np.float64) / float(c.kwargs.get("temperature", 1.0))
+    p = _softmax_naive(z)
+    with np.errstate(all="ignore"):
+        return np.asarray(-(p * np.log(p)).sum(-1))
+
+
+def _naive_neg_log_sigmoid(x: np.ndarray) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        return np.asarray(-np.log(1.0 / (1.0 + np.exp(-x))))
+
+
 def _logprob_variants(fn: Callable[..., Any], what: str) -> list[Variant]:
     def no_temp(c: Case) -> Any:
         return fn(*c.args, **_kw(c, temperature=1.0))
@@ -879,6 +1175,9 @@ def _logprob_variants(fn: Callable[..., Any], what: str) -> list[Variant]:
         out.append(
             Variant("probabilities", "pi(o_t) instead of log pi(o_t)", lambda c: np.exp(fn(*c.args, **c.kwargs)))
         )
+        out.append(Variant("log(softmax(z)) computed naively", _NAIVE_TEXT["logprobs"], _naive_logprobs))
+    elif fn is R.entropy_from_logits:
+        out.append(Variant("-sum p log p computed naively", _NAIVE_TEXT["entropy"], _naive_entropy))
     else:
         out.append(
             Variant("in bits", "log2 instead of the natural log", lambda c: fn(*c.args, **c.kwargs) / math.log(2))
@@ -913,9 +1212,11 @@ VARIANTS: dict[str, list[Variant]] = {
 """Formula id -> its known variants (conventions and bug classes)."""
 
 
-def resolve(variant: Variant, case: Case) -> Variant:
-    """The variant with its name and description filled in for ``case`` (composed variants depend on the
-    current aggregation mode)."""
-    if isinstance(variant, _NamedLazy):
-        return variant.resolve(case)
+def resolve(variant: Variant, case: Case, actual: list[np.ndarray] | None = None) -> Variant:
+    """The variant made concrete for ``case``: composed variants are named once the current aggregation mode is
+    known, fitted constants (dual-clip c, clamp bounds) are fitted to the candidate's output ``actual``."""
+    if isinstance(variant, _NamedLazy | _PPOElementwise | _KLVariant):
+        return variant.resolve(case, actual)
+    if isinstance(variant, Fitted):
+        return variant.fit(case, actual)
     return variant

@@ -30,6 +30,8 @@ class Mutant:
     """A substring the diagnosis must contain (None: no documented convention applies)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Options of the check (conventions, dtype, adapter)."""
+    prop: str = "values"
+    """The named property that must catch it (and carry the diagnosis)."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -272,6 +274,96 @@ def _numpy_reference_copy(*args: Any, **kwargs: Any) -> Any:
     return reference.gae(*args, **kwargs)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# stability classes: right on moderate inputs, wrong (or non-finite) in the extreme regime
+
+
+def _policy_loss_clamped(bound: float) -> Callable[..., Tensor]:
+    """verl/OpenRLHF style: the log-ratio clamped before exp, token-mean aggregation."""
+
+    def policy_loss(
+        logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float = 0.2
+    ) -> Tensor:
+        m = mask.bool()
+        delta = torch.where(m, logp - logp_old, 0.0).clamp(-bound, bound)
+        ratio = torch.exp(delta)
+        adv = _where0(m, advantages)
+        per_token = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip_eps, 1 + clip_eps))
+        return _where0(m, per_token).sum() / m.sum()
+
+    return policy_loss
+
+
+def _kl_output_clamped(logp: Tensor, logp_ref: Tensor, kind: str = "k1") -> Tensor:
+    """OpenRLHF compute_approx_kl style: every estimator's output clamped to +-10."""
+    delta = logp - logp_ref
+    if kind == "k1":
+        value = delta
+    elif kind == "k2":
+        value = 0.5 * delta**2
+    else:
+        value = torch.exp(-delta) - 1 + delta
+    return value.clamp(-10.0, 10.0)
+
+
+def _naive_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
+    p = torch.softmax(logits / temperature, dim=-1)
+    return torch.log(p.gather(-1, tokens[..., None]).squeeze(-1))  # log(0) = -inf once softmax underflows
+
+
+def _naive_entropy(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    p = torch.softmax(logits / temperature, dim=-1)
+    return -(p * torch.log(p)).sum(-1)  # 0 * log 0 = NaN
+
+
+def _naive_rm_loss(chosen: Tensor, rejected: Tensor, margin: Any = None) -> Tensor:
+    d = chosen - rejected - (0.0 if margin is None else margin)
+    return -torch.log(torch.sigmoid(d)).mean()  # sigmoid underflows to 0: an infinite loss at large gaps
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# padding classes: right on valid tokens, wrong on masked positions or degenerate batches
+
+
+def _gae_writes_carry(
+    rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[Tensor, Tensor]:
+    """verl style: the carried lastgaelam is written at masked positions (holes and padding)."""
+    m = mask.to(rewards.dtype)
+    r, v = _where0(mask.bool(), rewards), _where0(mask.bool(), values)
+    next_v = torch.zeros(r.shape[0], dtype=r.dtype)
+    last = torch.zeros(r.shape[0], dtype=r.dtype)
+    out = []
+    for t in reversed(range(r.shape[1])):
+        delta = r[:, t] + gamma * next_v - v[:, t]
+        new = delta + gamma * lam * last
+        next_v = v[:, t] * m[:, t] + (1 - m[:, t]) * next_v
+        last = new * m[:, t] + (1 - m[:, t]) * last
+        out.append(last)
+    adv = torch.stack(out[::-1], dim=1)
+    return adv, _where0(mask.bool(), adv + v)
+
+
+def _agg_empty_rows_as_zero(values: Tensor, mask: Tensor, mode: str = "seq-mean-token-mean") -> Tensor:
+    m = mask.bool()
+    return (_where0(m, values).sum(-1) / m.sum(-1).clamp(min=1)).mean()  # an empty row adds 0 and counts in B
+
+
+def _agg_multiply_by_mask(values: Tensor, mask: Tensor, mode: str = "seq-mean-token-mean") -> Tensor:
+    mf = mask.to(values.dtype)
+    return ((values * mf).sum(-1) / mf.sum(-1)).mean()  # NaN * 0 = NaN
+
+
+def _kl_shaped_penalty_everywhere(
+    scores: Tensor, logp: Tensor, logp_ref: Tensor, mask: Tensor, beta: float, kind: str = "k1"
+) -> Tensor:
+    m = mask.bool()
+    rewards = -beta * _kl()(logp, logp_ref, kind)  # the penalty is not masked: padding gets -beta kl too
+    last = _last_valid(m)
+    rewards[torch.arange(m.shape[0]), last] += scores
+    return rewards
+
+
 MUTANTS: list[Mutant] = [
     Mutant("max instead of min", "policy_loss", _policy_loss(pick=torch.maximum), "sign/bound inversion",
            "max instead of min"),
@@ -296,19 +388,42 @@ MUTANTS: list[Mutant] = [
     Mutant("reward on the first pad", "kl_shaped_rewards", _kl_shaped_first_pad, "TRL #1893 / DS-Chat #672",
            "score_position='after_last'"),
     Mutant("k3 without a clamp before exp", "kl_estimate", _kl(guard=False), "verl #891, OpenRLHF #525",
-           "clamp", {"kind": "k3", "log_ratio_clamp": 20.0, "dtype": torch.float32}),
+           "clamp", {"kind": "k3", "log_ratio_clamp": 20.0, "dtype": torch.float32}, "stability"),
     Mutant("k3 overflows silently in float32", "kl_estimate", _kl(guard=False), "verl #891 (inf, then NaN grads)",
-           "overflow in torch.float32", {"kind": "k3", "dtype": torch.float32}),
+           "overflows in float32", {"kind": "k3", "dtype": torch.float32}, "stability"),
     Mutant("NaN leaks through multiply-by-mask", "policy_loss",
-           _policy_loss(reduce=_multiply_by_mask, mask_inputs=False), "OpenRLHF PR #1240", "leak from masked slots"),
+           _policy_loss(reduce=_multiply_by_mask, mask_inputs=False), "OpenRLHF PR #1240", "leak from masked slots",
+           {}, "masked_slots"),
     Mutant("dual clip on positive advantages", "policy_loss", _policy_loss(dual_on_all=True), "tianshou #433",
            "dual clip on positive A", {"dual_clip": 3.0}),
     Mutant("population instead of Bessel std", "whiten", _whiten(population=True), "OpenRLHF vs TRL/verl",
            "unbiased=False"),
     Mutant("clip does not stop the gradient", "policy_loss", _policy_loss(straight_through_clip=True),
-           "straight-through clamp", "non-zero gradient where the reference's is exactly 0"),
+           "straight-through clamp", "non-zero gradient where the reference's is exactly 0", {}, "gradients"),
     Mutant("NaN gradient at masked slots", "policy_loss", _policy_loss_nan_grad, "where() on the output only",
-           "gradient at masked positions"),
+           "gradient at masked positions", {}, "masked_slots"),
+    # stability classes
+    Mutant("log-ratio clamped at 20 (verl/OpenRLHF)", "policy_loss", _policy_loss_clamped(20.0),
+           "verl compute_policy_loss_vanilla", "log-ratio clamp at 20", {"agg": "token-mean"}, "stability"),
+    Mutant("log-ratio clamped at 7", "policy_loss", _policy_loss_clamped(7.0),
+           "any bound", "log-ratio clamp at 7", {"agg": "token-mean"}, "stability"),
+    Mutant("KL output clamped to +-10 (OpenRLHF)", "kl_estimate", _kl_output_clamped,
+           "OpenRLHF compute_approx_kl", "output clamp at +-10", {"kind": "k3"}, "stability"),
+    Mutant("log(softmax) computed naively", "token_logprobs", _naive_logprobs, "softmax underflow",
+           "log(softmax(z)) computed naively", {}, "stability"),
+    Mutant("entropy as -sum p log p", "entropy_from_logits", _naive_entropy, "0 * log 0 = NaN",
+           "-sum p log p computed naively", {}, "stability"),
+    Mutant("log(sigmoid) computed naively", "reward_model_loss", _naive_rm_loss, "sigmoid underflow",
+           "log(sigmoid) computed naively", {}, "stability"),
+    # padding classes
+    Mutant("GAE writes its carry at masked positions (verl)", "gae", _gae_writes_carry,
+           "verl compute_gae_advantage_return", "recursion's carry", {}, "masked_outputs"),
+    Mutant("empty row counted as zero", "aggregate", _agg_empty_rows_as_zero, "clamp(min=1) denominator",
+           "empty row counted as zero", {"mode": "seq-mean-token-mean"}, "edge_cases"),
+    Mutant("aggregate leaks NaN through multiply-by-mask", "aggregate", _agg_multiply_by_mask,
+           "OpenRLHF PR #1240", "multiply-by-mask", {"mode": "seq-mean-token-mean"}, "masked_slots"),
+    Mutant("KL penalty written at masked positions", "kl_shaped_rewards", _kl_shaped_penalty_everywhere,
+           "penalty not masked", "masked positions", {}, "masked_outputs"),
 ]  # fmt: skip
 """Wrong implementations: each must be rejected, with the named diagnosis."""
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rlhf_oracle.properties import checks as C
+from rlhf_oracle.properties import engine as E
+from rlhf_oracle.properties.adapters import accepted_kwargs
+from rlhf_oracle.properties.diagnosis import diagnose
+from rlhf_oracle.properties.report import Failure
 from rlhf_oracle.properties.registry import get
 from rlhf_oracle.properties.strategies import Case
 
@@ -31,10 +34,11 @@ def test_gae_bootstrap_is_named_even_when_the_padding_holds_nan() -> None:
         fill="nan",
     )
     spec = get("gae")
-    ctx = C._Context(spec, mutant.fn, C.accepted_kwargs(mutant.fn), {}, torch.float64, "cpu", False)
-    rounded = C.rounded(case, torch.float64)
-    actual = C._outputs(C._candidate_call(mutant.fn, case, torch.float64, "cpu", ctx.accepted))
-    failure = C.Failure("values", "nonfinite", case, rounded, "NaN output", C._reference(spec, rounded), actual)
-    notes = C._diagnose(ctx, failure)
+    ctx = E.Context(spec, mutant.fn, accepted_kwargs(mutant.fn), {}, torch.float64, "cpu")
+    rounded = E.rounded(case, torch.float64)
+    actual = E.outputs(E.candidate_call(mutant.fn, case, torch.float64, "cpu", ctx.accepted))
+    expected = E.reference_outputs(spec, rounded)
+    failure = Failure("masked_slots", "nonfinite", case, rounded, "NaN output", expected, actual)
+    notes = diagnose(ctx, failure)
     assert any("reads masked slots" in n for n in notes), notes
     assert any("bootstrap past the end" in n for n in notes), notes

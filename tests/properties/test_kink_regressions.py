@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rlhf_oracle import torch_impl as T
-from rlhf_oracle.properties.checks import _Context, _grad_body
+from rlhf_oracle.properties.engine import Context, _grad_body
 from rlhf_oracle.properties.registry import get
 from rlhf_oracle.properties.strategies import Case
 
@@ -20,12 +20,12 @@ from rlhf_oracle.properties.strategies import Case
 @pytest.fixture(autouse=True)
 def _outside_hypothesis(monkeypatch: pytest.MonkeyPatch) -> None:
     """The gradient property steers hypothesis with target(), which is only legal inside a search."""
-    monkeypatch.setattr("rlhf_oracle.properties.checks.target", lambda *a, **k: None)
+    monkeypatch.setattr("rlhf_oracle.properties.engine.target", lambda *a, **k: None)
 
 
 def _grad_error(formula: str, case: Case) -> float:
     spec = get(formula)
-    ctx = _Context(spec, getattr(T, formula), None, {}, torch.float32, "cpu", False)
+    ctx = Context(spec, getattr(T, formula), None, {}, torch.float32, "cpu")
     return _grad_body(ctx, case)  # raises on a mismatch; returns worst error / allowed error
 
 

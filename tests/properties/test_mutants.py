@@ -15,34 +15,46 @@ from .mutants import MUTANTS, THIRD_PARTY, Mutant, Variant3P
 RESULTS: dict[str, tuple[bool, str]] = {}
 
 
-def _diagnosis(report: Any) -> str:
-    return "\n".join(report.failure.diagnosis) if report.failure else ""
+def _diagnosis(report: Any, prop: str | None = None) -> str:
+    failure = report.property(prop).failure if prop else report.failure
+    return "\n".join(failure.diagnosis) if failure else ""
+
+
+def _block(message: str, prop: str) -> str:
+    """The formatted failure of one property (blocks start with ``[prop]``)."""
+    return message.split(f"\n[{prop}] ", 1)[1].split("\n\n[", 1)[0]
 
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[m.name for m in MUTANTS])
 def test_mutant_is_rejected_with_the_right_diagnosis(mutant: Mutant) -> None:
     report = run_check(mutant.formula, mutant.fn, **mutant.options)
-    diagnosis = _diagnosis(report)
-    RESULTS[mutant.name] = (not report.passed, diagnosis.splitlines()[0] if diagnosis else "")
-    assert not report.passed, f"{mutant.name} ({mutant.bug}) was not rejected"
-    message = report.message()
+    diagnosis = _diagnosis(report, mutant.prop)
+    killed = report.property(mutant.prop).passed is False
+    RESULTS[mutant.name] = (killed, f"[{mutant.prop}] " + (diagnosis.splitlines()[0] if diagnosis else ""))
+    assert killed, f"{mutant.name} ({mutant.bug}) was not rejected by {mutant.prop}: {report.verdicts()}"
+    block = _block(report.message(), mutant.prop)
     for part in (mutant.formula, "diagnosis:", "counter-example", f"R.{mutant.formula}("):
-        assert part in message
+        assert part in block
     if mutant.diagnosis is not None:
-        assert mutant.diagnosis in diagnosis, f"{mutant.name}: diagnosis does not name {mutant.diagnosis!r}:\n{message}"
+        assert mutant.diagnosis in diagnosis, f"{mutant.name}: diagnosis does not name {mutant.diagnosis!r}:\n{block}"
+    if mutant.prop not in ("values", "gradients"):  # the maths properties never blame a padding/stability bug
+        maths = {p: report.property(p).status for p in ("values", "gradients")}
+        assert "FAILED" not in maths.values(), (mutant.name, maths)
     # the reproduction snippet is copy-pasteable: it runs and calls the reference on the shrunk inputs
     namespace: dict[str, Any] = {}
-    exec(textwrap.dedent(message.split("the candidate saw them):\n", 1)[1]), namespace)
+    exec(textwrap.dedent(block.split("the candidate saw them):\n", 1)[1]), namespace)
     assert "expected" in namespace
 
 
 @pytest.mark.parametrize("variant", THIRD_PARTY, ids=[v.name for v in THIRD_PARTY])
 def test_third_party_convention_is_named_then_accepted(variant: Variant3P) -> None:
-    report = run_check(variant.formula, variant.fn, **variant.default_options)
-    assert not report.passed
-    assert variant.diagnosis in _diagnosis(report), report.message()
+    report = run_check(variant.formula, variant.fn, properties=("values", "gradients"), **variant.default_options)
+    assert report.property("values").passed is False
+    assert variant.diagnosis in _diagnosis(report, "values"), report.message()
+    # under its convention no maths property rejects it (padding/edge behaviour is reported separately)
     accepted = run_check(variant.formula, variant.fn, **variant.accept_with)
-    assert accepted.passed, accepted.message()
+    maths = {p: accepted.property(p).status for p in ("values", "gradients")}
+    assert "FAILED" not in maths.values(), accepted.message()
 
 
 def test_kill_rate(capsys: pytest.CaptureFixture[str]) -> None:
@@ -50,7 +62,8 @@ def test_kill_rate(capsys: pytest.CaptureFixture[str]) -> None:
         for m in MUTANTS:
             if m.name not in RESULTS:
                 r = run_check(m.formula, m.fn, **m.options)
-                RESULTS[m.name] = (not r.passed, _diagnosis(r).splitlines()[0] if r.failure else "")
+                d = _diagnosis(r, m.prop)
+                RESULTS[m.name] = (r.property(m.prop).passed is False, d.splitlines()[0] if d else "")
     killed = sum(k for k, _ in RESULTS.values())
     with capsys.disabled():
         print(f"\nrlhf_oracle mutant kill rate: {killed}/{len(RESULTS)} = {killed / len(RESULTS):.0%}")

@@ -1,0 +1,223 @@
+"""What a check returns: one :class:`PropertyResult` per named property, the :class:`CheckReport`, and its text.
+
+The report lists the properties in a fixed order, maths first (``values``, ``gradients``), then ``edge_cases``,
+``masked_slots``, ``masked_outputs``, ``stability`` and ``dtype``. Each property has its own verdict and, when it
+fails, its own shrunk counter-example and diagnosis, so a padding leak never hides a mathematical difference.
+A property waived by name is still run and shown as ``waived``, never as passed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .strategies import Case
+
+__all__ = [
+    "MATHS",
+    "PROPERTIES",
+    "WAIVABLE",
+    "CheckReport",
+    "Failure",
+    "OracleMismatch",
+    "PropertyResult",
+    "array_text",
+]
+
+PROPERTIES = ("values", "gradients", "edge_cases", "masked_slots", "masked_outputs", "stability", "dtype")
+"""Every named property, in report order."""
+
+MATHS = ("values", "gradients")
+"""The maths properties: finite, non-degenerate inputs; never waivable."""
+
+WAIVABLE = PROPERTIES[2:]
+"""The properties a user may waive by name (``waive=("masked_slots",)``, CLI ``--waive``)."""
+
+PROPERTY_HELP = {
+    "values": "the result on finite, non-degenerate inputs (every row has a valid token; finite padding)",
+    "gradients": "autograd gradients of the differentiable inputs on the same inputs",
+    "edge_cases": "empty rows, one valid token, all masked, B = 1: what the candidate does vs the reference",
+    "masked_slots": "NaN / inf / 1e30 in masked input positions must not change the result",
+    "masked_outputs": "what the candidate writes at masked positions of [B, T] outputs (contract: 0)",
+    "stability": "log-ratios to +-50, logit spreads 1e3-1e4, reward gaps 1e4, estimator values beyond +-10",
+    "dtype": "float32 / bf16 inputs, within the written rounding budget of that dtype",
+}
+
+
+@dataclass
+class Failure:
+    """A shrunk counter-example and what was wrong with it."""
+
+    prop: str
+    kind: str
+    """``value``, ``nonfinite``, ``raised``, ``shape``, ``structure``, ``none``, ``no_grad``, ``grad``,
+    ``masked_output``, ``accepted`` (an edge input the reference refuses), ``refused``."""
+    case: Case
+    rounded: Case
+    message: str
+    expected: Any = None
+    actual: Any = None
+    index: tuple[int, ...] | None = None
+    output: int = 0
+    ratio: float = math.inf
+    diagnosis: list[str] = field(default_factory=list)
+    dtype: torch.dtype | None = None
+    """The dtype the candidate ran in (the ``dtype`` property runs several)."""
+
+
+@dataclass
+class PropertyResult:
+    """One named property of a check."""
+
+    name: str
+    passed: bool | None
+    """None when not run (not applicable, disabled, or skipped after a values failure)."""
+    examples: int = 0
+    worst: float = 0.0
+    """Largest error / allowed error seen (<= 1 passes)."""
+    note: str = ""
+    waived: bool = False
+    failure: Failure | None = None
+
+    @property
+    def status(self) -> str:
+        if self.passed is None:
+            return "n/a" if self.note.startswith("n/a") else "skipped"
+        if self.waived:
+            return "waived"
+        return "passed" if self.passed else "FAILED"
+
+
+@dataclass
+class CheckReport:
+    """The outcome of a check: every property's verdict, and the failures with their diagnoses."""
+
+    formula: str
+    conventions: dict[str, Any]
+    dtype: torch.dtype
+    device: str
+    candidate: str
+    properties: list[PropertyResult] = field(default_factory=list)
+    waived: tuple[str, ...] = ()
+
+    @property
+    def failures(self) -> list[Failure]:
+        """Failures of the properties that are not waived, in report order."""
+        return [p.failure for p in self.properties if p.failure is not None and not p.waived]
+
+    @property
+    def failure(self) -> Failure | None:
+        """The first failure that counts (maths first), or None."""
+        fails = self.failures
+        return fails[0] if fails else None
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def property(self, name: str) -> PropertyResult:
+        for p in self.properties:
+            if p.name == name:
+                return p
+        raise KeyError(f"no property {name!r} in this report; it has {[p.name for p in self.properties]}")
+
+    def verdicts(self) -> dict[str, str]:
+        """Property name -> ``passed`` / ``FAILED`` / ``waived`` / ``n/a`` / ``skipped``."""
+        return {p.name: p.status for p in self.properties}
+
+    def message(self) -> str:
+        lines = [_summary(self)]
+        shown = [p for p in self.properties if p.failure is not None]
+        for p in shown:
+            assert p.failure is not None
+            lines.append("")
+            lines.append(_format_failure(self, p.failure, waived=p.waived))
+        return "\n".join(lines)
+
+    def raise_for_failure(self) -> CheckReport:
+        if not self.passed:
+            raise OracleMismatch(self)
+        return self
+
+
+class OracleMismatch(AssertionError):
+    """A candidate disagrees with the reference; ``.report`` holds the details."""
+
+    def __init__(self, report: CheckReport) -> None:
+        super().__init__(report.message())
+        self.report = report
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# formatting
+
+
+def array_text(x: Any) -> str:
+    """A NumPy literal that evaluates back to ``x`` (NaN/inf written as ``np.nan``/``np.inf``)."""
+    if isinstance(x, np.ndarray):
+        body = np.array2string(x, separator=", ", floatmode="unique", threshold=10**6, max_line_width=110)
+        body = body.replace("nan", "np.nan").replace("inf", "np.inf")
+        if x.dtype == np.bool_:
+            return f"np.array({body})"
+        if np.issubdtype(x.dtype, np.integer):
+            return f"np.array({body}, dtype=np.int64)"
+        return f"np.array({body}, dtype=np.float64)"
+    return repr(x)
+
+
+def _snippet(formula: str, case: Case, refuses: bool = False) -> str:
+    lines = ["import numpy as np", "from rlhf_oracle import reference as R", ""]
+    for name, value in case.named().items():
+        lines.append(f"{name} = {array_text(value)}")
+    call_args = ", ".join(case.arg_names)
+    kw = ", ".join(f"{k}={k}" for k in case.kwargs)
+    call = f"R.{formula}({call_args}{', ' + kw if kw else ''})"
+    if refuses:
+        lines += ["try:", f"    expected = {call}", "except ValueError as exc:  # the reference refuses this input",
+                  "    expected = exc"]  # fmt: skip
+    else:
+        lines.append(f"expected = {call}")
+    return "\n".join(lines)
+
+
+def _summary(report: CheckReport) -> str:
+    verdicts = ", ".join(f"{p.name}: {p.status}" for p in report.properties)
+    head = "all properties pass" if report.passed else f"{len(report.failures)} propert(y/ies) failed"
+    return f"{report.formula}: {head} [{verdicts}]"
+
+
+def _format_failure(report: CheckReport, f: Failure, *, waived: bool = False) -> str:
+    from .registry import get
+
+    spec = get(report.formula)
+    conv = ", ".join(f"{k}={v!r}" for k, v in report.conventions.items()) or "reference defaults"
+    dtype = f.dtype or report.dtype
+    status = "waived by the caller, shown for information" if waived else "failed"
+    lines = [
+        f"[{f.prop}] rlhf_oracle: {report.candidate} does not match reference.{spec.id} "
+        f"[property: {f.prop} ({status}); dtype: {str(dtype).replace('torch.', '')}; device: {report.device}]",
+        f"  formula:    {spec.id} ({spec.paper}, {spec.equation}; docs: {spec.docs_page})",
+        f"  convention: {conv}; drawn hyper-parameters: "
+        + (", ".join(f"{k}={v!r}" for k, v in f.case.kwargs.items() if not isinstance(v, np.ndarray)) or "none"),
+        f"  problem:    {f.message}",
+    ]
+    if f.expected is not None and f.actual is not None and f.kind in ("value", "nonfinite", "grad", "masked_output"):
+        exp = f.expected[f.output] if isinstance(f.expected, list) else f.expected
+        act = f.actual[f.output] if isinstance(f.actual, list) else f.actual
+        if isinstance(exp, np.ndarray) and exp.size <= 64:
+            lines.append(f"  expected:   {array_text(exp)}")
+            lines.append(f"  actual:     {array_text(np.asarray(act))}")
+        if f.index is not None or math.isfinite(f.ratio):
+            lines.append(f"  worst index: {f.index} (error = {f.ratio:.3g} x the allowed error)")
+    lines.append("  diagnosis:")
+    lines += [f"    - {d}" for d in f.diagnosis]
+    what = f"masked slots hold {f.case.fill!r}"
+    if f.case.edge:
+        what += f"; edge case: {f.case.edge}"
+    lines.append(f"  counter-example (shrunk; {what}; inputs as the candidate saw them):")
+    lines += ["    " + ln for ln in _snippet(spec.id, f.rounded, refuses=f.kind == "accepted").splitlines()]
+    return "\n".join(lines)
