@@ -43,7 +43,10 @@ def diagnose(ctx: Context, failure: Failure) -> list[str]:
     if failure.kind == "raised":
         if failure.prop == "edge_cases":
             return [f"the candidate {failure.message}"]
-        return [f"the candidate {failure.message} on a valid input (the reference accepts it)"]
+        notes = [f"the candidate {failure.message} on a valid input (the reference accepts it)"]
+        if failure.prop in ("values", "stability"):
+            notes += _where_it_runs(ctx, failure)
+        return notes
     if failure.kind == "none":
         return ["the candidate returned None instead of a tensor (a missing `return`?)"]
     if failure.kind in ("structure", "shape", "no_grad"):
@@ -100,6 +103,28 @@ def _values(ctx: Context, failure: Failure) -> list[str]:
     if failure.prop == "stability" and spec.stability_note:
         notes.append(f"regime: {spec.stability_note}")
     return notes
+
+
+def _where_it_runs(ctx: Context, failure: Failure) -> list[str]:
+    """On inputs where the candidate does not raise, what does it compute? (A raise on a small input, e.g. a
+    variance of one token inside GAE, must not hide the convention it follows on the others.)"""
+    dtype = failure.dtype or ctx.dtype
+    for case in _sample(_strategy(ctx, failure), 24):
+        rc = rounded(case, dtype)
+        try:
+            actual = outputs(candidate_call(ctx.fn, case, dtype, ctx.device, ctx.accepted))
+            expected = reference_outputs(ctx.spec, rc)
+        except Exception:
+            continue
+        ratio, k, idx, problem = compare(ctx.spec, rc, expected, actual, dtype)
+        if problem is not None:
+            return [f"where it runs: {problem}"]
+        if ratio <= 1.0:
+            continue
+        probe = replace(failure, kind="value", case=case, rounded=rc, expected=expected, actual=actual, index=idx,
+                        output=k, ratio=ratio)  # fmt: skip
+        return ["where it runs, it differs too: " + line for line in _values(ctx, probe)]
+    return ["where it runs, it agrees with the reference"]
 
 
 def _low_precision(ctx: Context, failure: Failure, dtype: torch.dtype) -> tuple[torch.dtype, bool] | None:
@@ -245,29 +270,29 @@ def _convention_text(spec: FormulaSpec, conventions: Mapping[str, Any]) -> str:
 def _masked_slots(ctx: Context, failure: Failure) -> list[str]:
     spec, case = ctx.spec, failure.case
     dtype = failure.dtype or ctx.dtype
-    leak = (
-        f"with {case.fill} in the masked positions of {', '.join(case.per_token)} the result changes"
-        + (" (non-finite)" if failure.kind == "nonfinite" else "")
+    changed = f"with {case.fill} in the masked positions of {', '.join(case.per_token)} the result changes" + (
+        " (non-finite)" if failure.kind == "nonfinite" else ""
     )
     garbage = case.refilled("keep", rng_seed=1)
-    rg = rounded(garbage, dtype)
     try:
-        actual_g = outputs(candidate_call(ctx.fn, garbage, dtype, ctx.device, ctx.accepted))
-        expected_g = reference_outputs(spec, rg)
-        ratio_g, *_ = compare(spec, rg, expected_g, actual_g, dtype)
+        zeros = outputs(candidate_call(ctx.fn, case.refilled("zero"), dtype, ctx.device, ctx.accepted))
+        finite = outputs(candidate_call(ctx.fn, garbage, dtype, ctx.device, ctx.accepted))
+        same, *_ = compare(spec, rounded(garbage, dtype), zeros, finite, dtype)
     except Exception:
-        return [leak]
-    if ratio_g <= 1.0:
+        return [changed]
+    if same <= 1.0:
         return [
             "NaN/inf leak from masked slots: "
-            + leak
-            + "; with finite values there it matches the reference: values at masked positions reach the result "
-            "through multiply-by-mask (NaN * 0 = NaN, inf * 0 = NaN; OpenRLHF PR #1240). Use torch.where on the "
-            "inputs. Harmless when the padding is finite (waive with waive=('masked_slots',))."
+            + changed
+            + ", while any finite values there give the same result: masked values reach the result through "
+            "multiply-by-mask (NaN * 0 = NaN, inf * 0 = NaN; OpenRLHF PR #1240). Use torch.where on the inputs. "
+            "Harmless when the padding is finite (waive with waive=('masked_slots',))."
         ]
-    notes = [leak + "; with finite values there it still differs: the formula reads masked slots"]
-    notes += _variant_matches(ctx, replace(failure, case=garbage, rounded=rg, expected=expected_g, actual=actual_g),
-                              dtype)  # fmt: skip
+    rg = rounded(garbage, dtype)
+    notes = [changed + "; it also changes with finite values there: the formula reads masked slots"]
+    expected_g = reference_outputs(spec, rg)
+    notes += _variant_matches(ctx, replace(failure, prop="values", case=garbage, rounded=rg, expected=expected_g,
+                                           actual=finite), dtype)  # fmt: skip
     return notes
 
 
@@ -382,8 +407,15 @@ def grad_diagnosis(case: Case, name: str, expected: np.ndarray, actual: np.ndarr
     with np.errstate(all="ignore"):
         ratio = actual / np.where(expected == 0, np.nan, expected)
     finite = ratio[np.isfinite(ratio)]
-    if finite.size and np.allclose(finite, finite[0], rtol=1e-6) and not np.isclose(finite[0], 1.0):
-        out.append(f"the gradient is the reference gradient times {finite[0]:.6g} (a different normaliser/sign)")
+    if finite.size and np.allclose(finite, finite[0], rtol=1e-6, atol=0) and finite[0] != 1.0:
+        f = float(finite[0])
+        if abs(1.0 - f) < 1e-6:
+            out.append(
+                f"the gradient is the reference gradient times 1 - {1.0 - f:.3g}: a guard such as + 1e-8 in a "
+                "token-count denominator (verl masked_mean / agg_loss), below float32 resolution"
+            )
+        else:
+            out.append(f"the gradient is the reference gradient times {f:.6g} (a different normaliser/sign)")
     if np.any((expected == 0) & (actual != 0) & np.isfinite(actual)):
         out.append("non-zero gradient where the reference's is exactly 0 (a clip that does not stop the gradient?)")
     return out

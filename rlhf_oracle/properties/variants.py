@@ -187,6 +187,16 @@ def _agg(x: np.ndarray, m: np.ndarray, mode: str, max_tokens: int | None) -> flo
         return float(np.mean(xs.sum(1)) / norm)
 
 
+def _agg_eps(x: np.ndarray, m: np.ndarray, mode: str, max_tokens: int | None) -> float:
+    xs = _where(m, x)
+    with np.errstate(all="ignore"):
+        if mode == "seq-mean-token-mean":
+            return float(np.mean(xs.sum(1) / (m.sum(1) + 1e-8)))
+        if mode == "token-mean":
+            return float(xs.sum() / (m.sum() + 1e-8))
+    raise NotImplementedError
+
+
 def _agg_fixed(mode: str, x: np.ndarray, m: np.ndarray, _current: str, max_tokens: int | None) -> float:
     return _agg(x, m, mode, max_tokens)
 
@@ -240,6 +250,13 @@ def _agg_axis(current: str, arg: str) -> list[_AggAxis]:
             "the slot after the last valid token is counted as valid, with whatever its inputs hold (a mask "
             "extended by one: TRL's padding_mask_p1 / DS-Chat PR #672 off-by-one)",
             lambda x, m, mode, mt: _agg(x, _first_pad_extended(m), mode, mt),
+            None,
+        ),
+        _AggAxis(
+            "+1e-8 in the token-count denominator",
+            "token counts guarded with + 1e-8 (verl masked_mean / agg_loss, OpenRLHF sample mode): a relative "
+            "change of about 1e-8/|o|, below float32 resolution but visible in float64",
+            _agg_eps,
             None,
         ),
         _AggAxis(
@@ -1004,9 +1021,12 @@ def _gae_variants() -> list[Variant]:
     }
     out = [Variant(name, d, functools.partial(_by_name, _gae_np, name)) for name, d in described.items()]
 
-    def whitened(c: Case, unbiased: bool) -> tuple[np.ndarray, np.ndarray]:
+    def whitened(c: Case, unbiased: bool, guard: bool = False) -> tuple[np.ndarray, np.ndarray]:
         adv, ret = R.gae(*c.args, **c.kwargs)
         m = np.asarray(c.named()["mask"], dtype=bool)
+        if guard:
+            wc = Case("whiten", (adv, m), ("x", "mask"), {"unbiased": unbiased}, m, ("x",))
+            return _whiten_np(wc, "+1e-8 in the count"), ret
         return np.asarray(R.whiten(adv, m, unbiased=unbiased)), ret
 
     out += [
@@ -1015,6 +1035,13 @@ def _gae_variants() -> list[Variant]:
             "the advantages come back already whitened over the batch's valid tokens (mean 0, Bessel-corrected "
             "variance), returns = raw A + V (verl compute_gae_advantage_return calls masked_whiten)",
             lambda c: whitened(c, True),
+        ),
+        Variant(
+            "advantages whitened inside GAE (Bessel, counts + 1e-8)",
+            "the advantages come back already whitened over the batch's valid tokens by verl's masked_whiten "
+            "(Bessel-corrected variance, mean and variance over n + 1e-8), returns = raw A + V "
+            "(verl compute_gae_advantage_return)",
+            lambda c: whitened(c, True, guard=True),
         ),
         Variant(
             "advantages whitened inside GAE (population variance)",
@@ -1049,6 +1076,11 @@ def _whiten_np(c: Case, variant: str) -> np.ndarray:
             return _where(m, x / np.sqrt(var + eps))
         if variant == "eps outside the sqrt":
             return _where(m, (x - mu) / (np.sqrt(var) + eps) + (0 if shift_mean else mu))
+        if variant == "+1e-8 in the count":
+            n = vals.size
+            mu = vals.sum() / (n + 1e-8)
+            var = ((vals - mu) ** 2).sum() / (n + 1e-8) * (n / (n - 1) if unbiased else 1.0)
+            return _where(m, (x - mu) / np.sqrt(var + eps) + (0 if shift_mean else mu))
     raise NotImplementedError(variant)
 
 
@@ -1064,6 +1096,8 @@ def _whiten_variants() -> list[Variant]:
         "pads in the statistics": "mean and variance over all B*T positions, pads included",
         "per-row statistics": "mean and variance per row instead of over the batch",
         "eps outside the sqrt": "(x - mu) / (sigma + eps)",
+        "+1e-8 in the count": "mean and variance divided by n + 1e-8 (verl masked_mean inside masked_whiten): a "
+        "relative change of about 1e-8/n, below float32 resolution",
     }
     out += [Variant(name, d, functools.partial(_by_name, _whiten_np, name)) for name, d in described.items()]
     return out
