@@ -545,9 +545,35 @@ REGISTRY: dict[str, FormulaSpec] = {spec.id: spec for spec in _SPECS}
 """Formula id -> :class:`FormulaSpec`, one entry per catalogue formula."""
 
 
+def register(
+    spec: FormulaSpec,
+    strategy: Callable[[Mapping[str, Any], Container[str] | None], st.SearchStrategy[Case]],
+    *,
+    stability: Callable[[Case, Any], Case] | None = None,
+    bad_hyper: list[tuple[str, Any]] | None = None,
+) -> FormulaSpec:
+    """Add a formula family's entry: its :class:`FormulaSpec` (reference, tolerance, gradient, variants, docs),
+    the hypothesis strategy of its maths inputs, and optionally how to push them into the extreme regime (the
+    ``stability`` property), and out-of-range hyper-parameters for the error-parity check. Families in :mod:`rlhf_oracle.properties.families` call this at import."""
+    if spec.id in REGISTRY:
+        raise ValueError(f"formula {spec.id!r} is registered twice")
+    S.register_strategy(spec.id, strategy)
+    if stability is not None:
+        S.register_stability(spec.id, stability)
+    if bad_hyper:
+        S.register_bad_hyper(spec.id, bad_hyper)
+    REGISTRY[spec.id] = spec
+    return spec
+
+
 def get(formula: str) -> FormulaSpec:
     """The registry entry of ``formula``."""
     try:
         return REGISTRY[formula]
     except KeyError:
         raise KeyError(f"unknown formula {formula!r}; known: {', '.join(REGISTRY)}") from None
+
+
+from . import families as _families  # noqa: E402  (registers the formula families; they import this module)
+
+del _families

@@ -607,6 +607,11 @@ _BUILDERS: dict[str, Callable[..., st.SearchStrategy[Case]]] = {
 FORMULAS = tuple(_BUILDERS)
 
 
+def register_strategy(formula: str, builder: Callable[..., st.SearchStrategy[Case]]) -> None:
+    """Add the maths-input strategy ``builder(fixed, accepted)`` of a new formula (see ``registry.register``)."""
+    _BUILDERS[formula] = builder
+
+
 def cases(
     formula: str, fixed: Mapping[str, Any] | None = None, accepted: Container[str] | None = None
 ) -> st.SearchStrategy[Case]:
@@ -802,7 +807,15 @@ def _bad_hyper(formula: str) -> list[tuple[str, Any]]:
         "grpo_advantages": [("group_size", 1), ("eps", -1.0)],
         "kl_exact": [],
     }
-    return table[formula]
+    return table.get(formula, []) + _BAD_HYPER.get(formula, [])
+
+
+_BAD_HYPER: dict[str, list[tuple[str, Any]]] = {}
+
+
+def register_bad_hyper(formula: str, values: list[tuple[str, Any]]) -> None:
+    """Out-of-range hyper-parameters of a new formula, for :func:`bad_cases` (see ``registry.register``)."""
+    _BAD_HYPER[formula] = list(values)
 
 
 @st.composite
