@@ -6,6 +6,7 @@ Subcommands:
   loop); see :mod:`rlhf_oracle.e2e`. Every :class:`~rlhf_oracle.e2e.config.DemoConfig` field is a flag.
 - ``check``: the property-based oracle against an implementation; owned by :mod:`rlhf_oracle.properties.cli`,
   imported lazily so that ``demo`` works without it.
+- ``audit``: every property on the pure-math functions of TRL, verl or OpenRLHF (:mod:`rlhf_oracle.audit`).
 """
 
 from __future__ import annotations
@@ -181,7 +182,47 @@ def build_parser(*, check_arguments: bool = False) -> argparse.ArgumentParser:
     if check_arguments:
         _add_check_arguments(check)
     check.set_defaults(handler=run_check_command)
+    audit = sub.add_parser(
+        "audit",
+        help="run every property on the pure-math functions of TRL, verl or OpenRLHF (pinned wheels)",
+        description=(
+            "Fetch the pinned wheel of a framework into a cache (pip download --no-deps), load its pure-math "
+            "functions without importing the framework, run every property of the oracle with the conventions the "
+            "framework documents, and print the conformance matrix (function x property: pass / differs, with "
+            "the named convention). Exit 0 when the matrix was produced (differences are findings, not errors), "
+            "2 on a usage error or when the wheel cannot be fetched (offline)."
+        ),
+    )
+    audit.add_argument("framework", choices=("trl", "verl", "openrlhf", "all"), help="which framework to audit")
+    audit.add_argument("--format", choices=("md", "json"), default="md", help="output format (default md)")
+    audit.add_argument("--output", type=Path, help="write the matrix to this file instead of stdout")
+    audit.add_argument("--max-examples", type=int, default=None, help="examples per maths property (default: profile)")
+    audit.set_defaults(handler=run_audit_command)
     return parser
+
+
+def run_audit_command(args: argparse.Namespace) -> int:
+    """``rlhf-oracle audit``: the conformance matrix of a framework's functions."""
+    try:
+        from rlhf_oracle.audit import AuditUnavailable, render_json, render_markdown, run_audit
+    except ImportError as exc:  # torch/hypothesis missing: the oracle is not installed
+        print(f"rlhf-oracle audit: needs the oracle's extras (pip install rlhf-oracle[torch]): {exc}", file=sys.stderr)
+        return 2
+    if args.max_examples is not None and args.max_examples < 1:
+        print(f"rlhf-oracle audit: --max-examples must be >= 1, got {args.max_examples}", file=sys.stderr)
+        return 2
+    try:
+        rows = run_audit(args.framework, max_examples=args.max_examples)
+    except AuditUnavailable as exc:
+        print(f"rlhf-oracle audit: skipped: {exc}", file=sys.stderr)
+        return 2
+    text = render_json(rows) if args.format == "json" else render_markdown(rows)
+    if args.output:
+        args.output.write_text(text + "\n", encoding="utf-8")
+        print(f"rlhf-oracle audit: wrote {args.output} ({len(rows)} functions)")
+    else:
+        print(text)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

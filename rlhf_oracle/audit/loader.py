@@ -8,8 +8,8 @@ executed. Decorators are dropped (registries, ``@deprecated``, ``@torch.compile`
 """
 
 from __future__ import annotations
-
 import __future__
+
 import ast
 import enum
 import math

@@ -36,23 +36,28 @@ class AuditRow:
 
 
 def _phrase(line: str) -> str:
-    """The named convention of one diagnosis line, in a few words."""
+    """The named convention of one diagnosis line, in a few words ("" for context lines)."""
+    if line.startswith("regime: "):
+        return ""
     for prefix in ("where it runs, it differs too: ", ""):
         if line.startswith(prefix + "matches ") and not line.startswith(prefix + "matches no"):
             name = line[len(prefix) + len("matches ") :].split(", not ", 1)[0]
             return ("elsewhere " if prefix else "") + name
-    for key in ("float32-only computation", "NaN/inf leak from masked slots", "empty rows excluded",
-                "empty row counted as zero", "an all-masked batch gives 0", "the recursion's carry is written out",
-                "non-finite output where the reference is finite", "the gradient is the reference gradient times"):
+    if "where the reference raises" in line:
+        return line.split(":", 1)[0] + ": returns a value where the reference raises ValueError"
+    for key in (
+        "float32-only computation",
+        "NaN/inf leak from masked slots",
+        "the recursion's carry is written out",
+        "NaN/inf from a division by an empty count (0/0)",
+    ):
         if key in line:
             return key  # fmt: skip
-    head = line.split(": ", 1)[0] if line.startswith(("the candidate raised", "all masked", "empty row", "one valid",
-                                                     "B = 1")) else line  # fmt: skip
-    return head[:160]
+    return line.split(" (", 1)[0].split("; ", 1)[0][:140]
 
 
 def _headline(diagnosis: list[str], message: str) -> str:
-    phrases = [_phrase(d) for d in diagnosis] or [message[:160]]
+    phrases = [p for p in (_phrase(d) for d in diagnosis) if p] or [message[:160]]
     useful = [p for p in phrases if not p.startswith("matches no documented")] or phrases
     edge = ("all masked", "empty row", "one valid token", "B = 1")
     if len(useful) > 1 and useful[0] in edge:
@@ -66,7 +71,7 @@ def _row(entry: AuditEntry, modules: dict[str, SimpleNamespace], version: str, m
     row = AuditRow(entry.framework, entry.source, version, entry.function, entry.formula, dict(entry.conventions))
     try:
         candidate = entry.build(modules)
-        candidate.__qualname__ = entry.function  # type: ignore[attr-defined]
+        candidate.__qualname__ = entry.function
         report = run_check(entry.formula, candidate, waive=entry.waive, max_examples=max_examples,
                            **entry.conventions)  # fmt: skip
     except Exception as exc:  # a wrapper that cannot be built is reported, not raised

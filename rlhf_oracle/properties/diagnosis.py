@@ -168,7 +168,8 @@ def _variant_matches(ctx: Context, failure: Failure, dtype: torch.dtype) -> list
             matches.append((v.deviations, v))
         elif closest is None or ratio < closest[0]:
             closest = (ratio, v)
-    current = _convention_text(spec, ctx.conventions)
+    drawn = {k: v for k, v in rc.kwargs.items() if k in spec.conventions and not isinstance(v, np.ndarray)}
+    current = _convention_text(spec, {**drawn, **ctx.conventions})
     if len(matches) > 1:
         matches = _confirm(ctx, failure, matches, dtype)
     if matches:
@@ -419,4 +420,3 @@ def grad_diagnosis(case: Case, name: str, expected: np.ndarray, actual: np.ndarr
     if np.any((expected == 0) & (actual != 0) & np.isfinite(actual)):
         out.append("non-zero gradient where the reference's is exactly 0 (a clip that does not stop the gradient?)")
     return out
-

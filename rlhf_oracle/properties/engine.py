@@ -17,6 +17,7 @@ candidate when its signature accepts them; a candidate that does not take the ke
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -37,7 +38,7 @@ from .registry import FormulaSpec, get
 from .report import PROPERTIES, WAIVABLE, CheckReport, Failure, PropertyResult
 from .strategies import Case
 
-__all__ = ["Context", "Mismatch", "run_check", "check", "rounded", "outputs", "candidate_call", "reference_outputs"]
+__all__ = ["Context", "Mismatch", "candidate_call", "check", "outputs", "reference_outputs", "rounded", "run_check"]
 
 _LOW_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -175,6 +176,10 @@ class Context:
     dtype: torch.dtype
     device: str
     maths_failed: bool = False
+    compute_dtype: torch.dtype | None = None
+    """The dtype the candidate really computes in, when it is lower than ``dtype`` (a float32-only candidate
+    checked in float64): the non-maths properties judge it at that precision, so that its rounding does not hide
+    their own findings (the maths properties report it)."""
 
 
 def _call(ctx: Context, prop: str, case: Case, rc: Case, dtype: torch.dtype, expected: Any) -> tuple[Any, list[Any]]:
@@ -205,10 +210,11 @@ def _dtype_body(ctx: Context, case: Case, dtype: torch.dtype) -> float:
 
 def _values_body(ctx: Context, case: Case, prop: str = "values", dtype: torch.dtype | None = None) -> float:
     dtype = dtype or ctx.dtype
-    rc = rounded(case, dtype)
+    judge = ctx.compute_dtype if prop in ("stability", "edge_cases") and ctx.compute_dtype is not None else dtype
+    rc = rounded(case, judge)
     expected = reference_outputs(ctx.spec, rc)
     _, actual = _call(ctx, prop, case, rc, dtype, expected)
-    ratio, k, idx, problem = compare(ctx.spec, rc, expected, actual, dtype)
+    ratio, k, idx, problem = compare(ctx.spec, rc, expected, actual, judge)
     if problem is not None:
         kind = "structure" if "output(s)" in problem else "shape"
         raise Mismatch(Failure(prop, kind, case, rc, problem, expected, actual, dtype=dtype))
@@ -587,6 +593,7 @@ def run_check(
         if prop == "values":
             add(search("values", spec.cases(fixed, accepted), lambda c: _values_body(ctx, c), max_examples))
             ctx.maths_failed = report.properties[-1].passed is False
+            ctx.compute_dtype = _compute_dtype(ctx, spec.cases(fixed, accepted))
         elif prop == "gradients":
             if getattr(candidate, NO_GRAD_ATTR, False):
                 add(PropertyResult("gradients", None, note="candidate not differentiable (NumPy)"))
@@ -617,6 +624,22 @@ def run_check(
     return report
 
 
+def _compute_dtype(ctx: Context, strategy: st.SearchStrategy[Case]) -> torch.dtype | None:
+    """The lowest floating dtype among the candidate's outputs on a maths input, if below the check's dtype."""
+    from .diagnosis import _sample
+
+    for case in _sample(strategy, 3):
+        try:
+            out = candidate_call(ctx.fn, case, ctx.dtype, ctx.device, ctx.accepted)
+        except Exception:
+            continue
+        dts = [d for d in output_dtypes(out) if d is not None and d.is_floating_point]
+        if dts:
+            low = min(dts, key=lambda d: d.itemsize)
+            return low if low.itemsize < ctx.dtype.itemsize else None
+    return None
+
+
 def _dtype_property(
     ctx: Context, spec: FormulaSpec, fixed: dict[str, Any], accepted: frozenset[str] | None, n: int
 ) -> PropertyResult:
@@ -627,7 +650,8 @@ def _dtype_property(
         return PropertyResult("dtype", None, note="n/a: the check already runs in the lowest dtype")
     total, worst = 0, 0.0
     for d in dtypes:
-        result = search("dtype", spec.cases(fixed, accepted), lambda c, d=d: _dtype_body(ctx, c, d), n)
+        body: Callable[[Case], float] = functools.partial(_dtype_body, ctx, dtype=d)
+        result = search("dtype", spec.cases(fixed, accepted), body, n)
         total += result.examples
         worst = max(worst, result.worst)
         if result.passed is False:

@@ -1,6 +1,7 @@
 """Hypothesis profiles of the oracle: ``fast`` (CI default) and ``thorough``.
 
-- ``fast``: 40 examples per maths property (20 for the others), no deadline, derandomized (a red run reproduces exactly; CI never flakes),
+- ``fast``: 40 examples per maths property (20 for the others), no deadline, derandomized (a red run
+  reproduces exactly; CI never flakes),
   no example database (nothing written into the user's tree).
 - ``thorough``: 500 examples per property, randomised, with the database (failures are replayed first).
 - ``thorough-derandomized``: 200 examples, derandomized, no database, no target phase (the slow CI suite).

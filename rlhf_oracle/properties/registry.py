@@ -554,7 +554,8 @@ def register(
 ) -> FormulaSpec:
     """Add a formula family's entry: its :class:`FormulaSpec` (reference, tolerance, gradient, variants, docs),
     the hypothesis strategy of its maths inputs, and optionally how to push them into the extreme regime (the
-    ``stability`` property), and out-of-range hyper-parameters for the error-parity check. Families in :mod:`rlhf_oracle.properties.families` call this at import."""
+    ``stability`` property), and out-of-range hyper-parameters for the error-parity check.
+    Families in :mod:`rlhf_oracle.properties.families` call this at import."""
     if spec.id in REGISTRY:
         raise ValueError(f"formula {spec.id!r} is registered twice")
     S.register_strategy(spec.id, strategy)

@@ -718,7 +718,7 @@ def stability_cases(formula: str, fixed: Fixed | None = None, accepted: Accepted
 
 @st.composite
 def _masked_slots(draw: Draw, formula: str, fixed: Fixed, accepted: Accepted) -> Case:
-    case = draw(cases(formula, fixed, accepted))
+    case: Case = draw(cases(formula, fixed, accepted))
     return case.refilled(str(draw(st.sampled_from(NONFINITE_FILLS))), rng_seed=draw(st.integers(0, 3)))
 
 

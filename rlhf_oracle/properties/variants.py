@@ -104,6 +104,10 @@ def fit_constant(
     return best
 
 
+def _call_with(compute: Callable[[Case, float], Any], constant: float, case: Case) -> Any:
+    return compute(case, constant)
+
+
 @dataclass(frozen=True)
 class Fitted(Variant):
     """A variant with one constant fitted to the candidate's output: a dual-clip c, a clamp bound. ``name`` and
@@ -123,7 +127,7 @@ class Fitted(Variant):
         return Variant(
             self.name.format(c=_fmt(c)),
             self.description.format(c=_fmt(c)),
-            lambda cs, c=c: compute(cs, c),
+            functools.partial(_call_with, compute, c),
             None,
             self.deviations,
         )
@@ -663,7 +667,9 @@ class _KLVariant(Variant):
     in_clamp: bool = False
     out_clamp: bool = False
 
-    def evaluate(self, c: Case, in_bound: float | None, out_bound: float | None) -> np.ndarray:
+    def evaluate(self, c: Case, in_bound: float | None, out_bound: float | None, follow: bool = False) -> np.ndarray:
+        """The variant on ``c``; ``follow``: use the case's own estimator (a clamp-only variant)."""
+        kind = c.kwargs.get("kind", "k1") if follow else self.kind
         delta = _delta(c)
         if in_bound is not None:
             delta = np.clip(delta, -in_bound, in_bound)
@@ -671,15 +677,15 @@ class _KLVariant(Variant):
             delta = _clamped(c, delta)
         with np.errstate(all="ignore"):
             if self.form == "flipped":
-                value = _k(self.kind, -delta)
+                value = _k(kind, -delta)
             elif self.form == "negated":
-                value = -_k(self.kind, delta)
+                value = -_k(kind, delta)
             elif self.form == "abs":
                 value = np.abs(delta)
             elif self.form == "no half":
                 value = delta**2
             else:
-                value = _k(self.kind, delta)
+                value = _k(kind, delta)
         return np.asarray(np.clip(value, -out_bound, out_bound) if out_bound is not None else value)
 
     def resolve(self, case: Case, actual: list[np.ndarray] | None) -> Variant:
@@ -687,15 +693,16 @@ class _KLVariant(Variant):
             raise NotImplementedError
         in_bound: float | None = None
         out_bound: float | None = None
-        if self.in_clamp or self.out_clamp:
-            if actual is None:
-                raise NotImplementedError
+        if (self.in_clamp or self.out_clamp) and actual is None:
+            raise NotImplementedError
         if self.out_clamp:
+            assert actual is not None
             data = [float(x) for x in np.unique(np.abs(actual[0][np.isfinite(actual[0])]))[-3:]]
             out_bound = fit_constant(lambda cs, b: self.evaluate(cs, None, b), case, actual, CLAMP_GRID + data)
             if out_bound is None:
                 raise NotImplementedError
         if self.in_clamp:
+            assert actual is not None
             in_bound = fit_constant(lambda cs, b: self.evaluate(cs, b, out_bound), case, actual, CLAMP_GRID)
             if in_bound is None:
                 raise NotImplementedError
@@ -705,7 +712,9 @@ class _KLVariant(Variant):
         text: list[str] = []
         kwargs: dict[str, Any] | None = None
         if self.form in ("flipped", "negated"):
-            parts.append(f"kind={self.kind!r} " + ("with the log-ratio flipped" if self.form == "flipped" else "negated"))
+            parts.append(
+                f"kind={self.kind!r} " + ("with the log-ratio flipped" if self.form == "flipped" else "negated")
+            )
             text.append(_KL_FORMS[self.form].format(kind=self.kind))
         elif self.form in ("abs", "no half"):
             parts.append("|k1|" if self.form == "abs" else "k2 without the 1/2")
@@ -739,8 +748,10 @@ class _KLVariant(Variant):
                 "every estimator to +-10; verl low_var_kl too): beyond it the KL and its gradient are cut off"
             )
             kwargs = None
-        return Variant(" + ".join(parts), "; ".join(text), lambda cs: self.evaluate(cs, in_bound, out_bound),
-                       kwargs or None, deviations)  # fmt: skip
+        follow = self.form == "" and self.kind == current
+        return Variant(" + ".join(parts), "; ".join(text),
+                       lambda cs: self.evaluate(cs, in_bound, out_bound, follow), kwargs or None,
+                       deviations)  # fmt: skip
 
 
 def _kl_estimate_variants() -> list[Variant]:
@@ -851,6 +862,30 @@ def _kl_shaped_rewards_variants() -> list[Variant]:
         return _shaped(c.with_inputs(scores=np.zeros_like(np.asarray(c.named()["scores"], dtype=np.float64))))
 
     out.append(Variant("score missing", "the sequence score is not added", no_score))
+
+    def estimate_clamped(c: Case, bound: float) -> np.ndarray:
+        n = c.named()
+        m = np.asarray(n["mask"], dtype=bool)
+        with np.errstate(all="ignore"):
+            k = _k(
+                c.kwargs.get("kind", "k1"), np.asarray(n["logp"], np.float64) - np.asarray(n["logp_ref"], np.float64)
+            )
+            correction = float(n["beta"]) * _where(m, k - np.clip(k, -bound, bound))
+        return np.asarray(_shaped(c) + correction)
+
+    def clamp_grid(c: Case, actual: list[np.ndarray]) -> list[float]:
+        return CLAMP_GRID
+
+    out.append(
+        Fitted(
+            "KL estimate clamped to +-{c}",
+            "the per-token estimate clamped to [-{c}, {c}] before the penalty (OpenRLHF compute_approx_kl clamps "
+            "every estimator to +-10): beyond it the penalty stops growing",
+            _unused,
+            param_compute=estimate_clamped,
+            grid=clamp_grid,
+        )
+    )
     return out
 
 

@@ -281,9 +281,7 @@ def _numpy_reference_copy(*args: Any, **kwargs: Any) -> Any:
 def _policy_loss_clamped(bound: float) -> Callable[..., Tensor]:
     """verl/OpenRLHF style: the log-ratio clamped before exp, token-mean aggregation."""
 
-    def policy_loss(
-        logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float = 0.2
-    ) -> Tensor:
+    def policy_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float = 0.2) -> Tensor:
         m = mask.bool()
         delta = torch.where(m, logp - logp_old, 0.0).clamp(-bound, bound)
         ratio = torch.exp(delta)

@@ -81,7 +81,9 @@ def test_numpy_candidate_through_numpy_io() -> None:
     report = check("gae", _numpy_gae, adapter=adapters.numpy_io, max_examples=10)
     assert report.passed
     report = check("policy_loss", R.policy_loss, adapter=adapters.numpy_io, max_examples=10)
-    assert [p.passed for p in report.properties] == [True, None]  # gradients skipped: NumPy is not differentiable
+    verdicts = report.verdicts()
+    assert verdicts["values"] == "passed" and verdicts["edge_cases"] == "passed"
+    assert verdicts["gradients"] == "skipped"  # NumPy is not differentiable
 
 
 def test_tuple_output_needs_an_adapter() -> None:
@@ -107,7 +109,8 @@ def test_rename_reorder_negate_float_mask_compose() -> None:
 
     adapter = [adapters.reorder([3, 2, 0, 1]), adapters.float_mask, adapters.negate,
                adapters.rename(clip_eps="cliprange")]  # fmt: skip
-    assert check("policy_loss", objective, adapter=adapter, max_examples=10).passed
+    # 0/0 = NaN on an all-masked batch (the reference raises): an edge case, waived by name
+    assert check("policy_loss", objective, adapter=adapter, max_examples=10, waive=("edge_cases",)).passed
     assert adapters.accepted_kwargs(adapters.compose(*adapter)(objective)) == frozenset(
         {"mask", "adv", "lp", "lp_old", "clip_eps"}
     )
