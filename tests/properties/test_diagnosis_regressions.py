@@ -13,8 +13,8 @@ import torch
 from rlhf_oracle.properties import engine as E
 from rlhf_oracle.properties.adapters import accepted_kwargs
 from rlhf_oracle.properties.diagnosis import diagnose
-from rlhf_oracle.properties.report import Failure
 from rlhf_oracle.properties.registry import get
+from rlhf_oracle.properties.report import Failure
 from rlhf_oracle.properties.strategies import Case
 
 from .mutants import MUTANTS
