@@ -29,7 +29,13 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
-DERIVATION_PAGES = ("ppo-clip", "from-rl-to-lm", "instructgpt", "kl-estimators", "reward-model", "advantages")
+DERIVATION_PAGES = tuple(
+    sorted(
+        p.name.removesuffix(".zh.md")
+        for p in (Path(__file__).resolve().parents[2] / "docs").glob("*.zh.md")
+        if p.name != "index.zh.md"
+    )
+)
 
 pytestmark = [
     pytest.mark.browser,

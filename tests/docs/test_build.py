@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-DERIVATION_PAGES = ("ppo-clip", "from-rl-to-lm", "instructgpt", "kl-estimators", "reward-model", "advantages")
+DERIVATION_PAGES = tuple(
+    sorted(
+        p.name.removesuffix(".zh.md")
+        for p in (Path(__file__).resolve().parents[2] / "docs").glob("*.zh.md")
+        if p.name != "index.zh.md"
+    )
+)
 BuiltSite = Any  # the BuiltSite of tests/docs/conftest.py (path, seconds, log)
 DOCS = ROOT / "docs"
 MARKER = re.compile(r"<!--\s*derivation:\s*([A-Za-z0-9_]+)\s*-->")
