@@ -376,6 +376,54 @@ def _kl_reward_telescoping(length: int = 5) -> Derivation:
     )
 
 
+# --------------------------------------------------------------------------------------------------------------
+# DPO: the closed-form optimum of the KL-regularised objective
+
+
+def _dpo_optimum(n: int = 3) -> Derivation:
+    beta = sp.Symbol("beta", positive=True)
+    r = sp.symbols(f"r1:{n + 1}", real=True)
+    rho = sp.symbols(f"rho1:{n + 1}", positive=True)
+    z = sum(rho[j] * sp.exp(r[j] / beta) for j in range(n))
+    pi_star = [rho[i] * sp.exp(r[i] / beta) / z for i in range(n)]
+    # stationarity of L = sum pi r - beta sum pi log(pi/rho) + lambda (sum pi - 1): dL/dpi_i is the same for all i
+    pis = sp.symbols(f"pi1:{n + 1}", positive=True)
+    objective = sum(pis[i] * r[i] - beta * pis[i] * sp.log(pis[i] / rho[i]) for i in range(n))
+    grads = [sp.diff(objective, pis[i]).subs(dict(zip(pis, pi_star, strict=True))) for i in range(n)]
+    stationary = all(sp.simplify(sp.expand_log(grads[i] - grads[0], force=True)) == 0 for i in range(1, n))
+    concave = all(sp.simplify(sp.diff(objective, pis[i], 2) + beta / pis[i]) == 0 for i in range(n))
+    # the reward differences are beta log-ratio differences: Z cancels
+    implicit = [beta * sp.log(pi_star[i] / rho[i]) for i in range(n)]
+    cancels = all(
+        sp.simplify(sp.expand_log(implicit[i] - implicit[j], force=True) - (r[i] - r[j])) == 0
+        for i in range(n)
+        for j in range(n)
+        if i != j
+    )
+    return Derivation(
+        name="dpo_optimum",
+        title="DPO: the optimum of the KL-regularised objective, and its implicit reward",
+        statement=r"\pi^*(y|x) = \frac{\pi_{ref}(y|x)\,e^{r(x,y)/\beta}}{Z(x)} \;\Rightarrow\; "
+        r"r(x,y_w) - r(x,y_l) = \beta\log\frac{\pi^*(y_w|x)}{\pi_{ref}(y_w|x)} - \beta\log\frac{\pi^*(y_l|x)}"
+        r"{\pi_{ref}(y_l|x)}",
+        derivation=(
+            r"\max_\pi \sum_y \pi(y) r(y) - \beta \sum_y \pi(y)\log\frac{\pi(y)}{\pi_{ref}(y)} "
+            r"\quad\text{s.t.}\ \sum_y \pi(y) = 1",
+            r"\frac{\partial}{\partial\pi(y)}: \; r(y) - \beta\Big(\log\frac{\pi(y)}{\pi_{ref}(y)} + 1\Big)"
+            r" + \lambda = 0"
+            r"\;\Rightarrow\; \pi^*(y) \propto \pi_{ref}(y)\,e^{r(y)/\beta}",
+            r"\frac{\partial^2}{\partial\pi(y)^2} = -\frac{\beta}{\pi(y)} < 0 \quad\text{(a maximum)}",
+            r"r(y) = \beta\log\frac{\pi^*(y)}{\pi_{ref}(y)} + \beta\log Z \quad\text{(}Z\text{ cancels in } "
+            r"r(y_w) - r(y_l)\text{)}",
+            r"P(y_w \succ y_l) = \sigma\big(r(y_w) - r(y_l)\big) = \sigma(\beta h),\quad "
+            r"\mathcal{L}_{DPO} = -\mathbb{E}\big[\log\sigma(\beta h)\big]",
+        ),
+        holds=bool(stationary and concave and cancels),
+        page="dpo",
+        exprs=MappingProxyType({"pi_star": pi_star, "r": r, "rho": rho, "beta": beta, "Z": z}),
+    )
+
+
 _BUILDERS: dict[str, Callable[[], Derivation]] = {
     "ppo_clip_grad": _ppo_clip_grad,
     "neg_log_sigmoid_grad": _neg_log_sigmoid_grad,
@@ -387,6 +435,7 @@ _BUILDERS: dict[str, Callable[[], Derivation]] = {
     "gae_lambda_one": _gae_lambda_one,
     "gae_lambda_zero": _gae_lambda_zero,
     "kl_reward_telescoping": _kl_reward_telescoping,
+    "dpo_optimum": _dpo_optimum,
 }
 
 

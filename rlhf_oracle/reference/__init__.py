@@ -24,6 +24,7 @@ from .policy import aggregate as aggregate
 from .policy import policy_loss as policy_loss
 from .policy import ppo_clip_grad as ppo_clip_grad
 from .policy import ppo_clip_objective as ppo_clip_objective
+from .preference import dpo_loss as dpo_loss
 from .reward_model import ranking_loss as ranking_loss
 from .reward_model import reward_model_loss as reward_model_loss
 from .rewards import SCORE_POSITIONS as SCORE_POSITIONS
@@ -40,6 +41,7 @@ __all__ = [
     "GAEResult",
     "adaptive_kl_update",
     "aggregate",
+    "dpo_loss",
     "entropy_from_logits",
     "gae",
     "grpo_advantages",

@@ -47,6 +47,7 @@ ZH_TITLES = {
     "gae_lambda_one": "λ = 1 时 GAE 等于折扣后的未来回报减去 V",
     "gae_lambda_zero": "λ = 0 时 GAE 等于单步 TD 误差",
     "kl_reward_telescoping": "奖励中的逐 token KL 求和后等于 InstructGPT 的序列级奖励",
+    "dpo_optimum": "DPO：带 KL 正则目标的最优解及其隐式奖励",
 }
 
 _rendered: set[str] = set()

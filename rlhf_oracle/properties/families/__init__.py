@@ -7,4 +7,6 @@ sympy derivations). ``docs/contributing.md`` walks through adding one (``prefere
 worked example). Importing this package registers every family.
 """
 
-__all__: list[str] = []
+from . import preference as preference
+
+__all__ = ["preference"]
