@@ -11,7 +11,7 @@ from typing import Any
 from .fetch import fetch
 from .frameworks import FRAMEWORKS, PINS, AuditEntry, entries, load_source
 
-__all__ = ["AuditRow", "render_json", "render_markdown", "run_audit"]
+__all__ = ["AuditRow", "render_json", "render_markdown", "rows_from_json", "run_audit"]
 
 
 @dataclass
@@ -138,3 +138,9 @@ def render_markdown(rows: list[AuditRow]) -> str:
 
 def render_json(rows: list[AuditRow]) -> str:
     return json.dumps([{**asdict(r), "agrees": r.agrees} for r in rows], indent=2, default=repr)
+
+
+def rows_from_json(text: str) -> list[AuditRow]:
+    """The rows of a matrix written by :func:`render_json` (the docs render the committed snapshot)."""
+    fields = set(AuditRow.__dataclass_fields__)
+    return [AuditRow(**{k: v for k, v in item.items() if k in fields}) for item in json.loads(text)]

@@ -11,6 +11,7 @@ import base64
 import io
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -275,7 +276,18 @@ def table_ranking_normaliser(lang: Lang) -> str:
     return _table(header, rows)
 
 
+def table_audit(lang: Lang) -> str:
+    """The conformance matrix of the committed audit snapshot ``docs/data/audit.json`` (written by
+    ``rlhf-oracle audit all --format json --output docs/data/audit.json``; a slow test re-runs the audit and
+    compares the verdicts with it)."""
+    from rlhf_oracle.audit.matrix import render_markdown, rows_from_json
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "data" / "audit.json"
+    return render_markdown(rows_from_json(path.read_text(encoding="utf-8")))
+
+
 TABLES: dict[str, Callable[[Lang], str]] = {
+    "audit": table_audit,
     "aggregation": table_aggregation,
     "kl_estimators": table_kl_estimators,
     "ranking_normaliser": table_ranking_normaliser,
