@@ -1,6 +1,6 @@
 """Hypothesis profiles of the oracle: ``fast`` (CI default) and ``thorough``.
 
-- ``fast``: 40 examples per maths property (20 for the others), no deadline, derandomized (a red run
+- ``fast``: 30 examples per maths property (10 for the others), no deadline, derandomized (a red run
   reproduces exactly; CI never flakes),
   no example database (nothing written into the user's tree).
 - ``thorough``: 500 examples per property, randomised, with the database (failures are replayed first).
@@ -31,7 +31,7 @@ _HEALTH = [
 ]
 
 PROFILES: dict[str, settings] = {
-    "fast": settings(max_examples=40, deadline=None, derandomize=True, database=None, suppress_health_check=_HEALTH),
+    "fast": settings(max_examples=30, deadline=None, derandomize=True, database=None, suppress_health_check=_HEALTH),
     "thorough": settings(max_examples=500, deadline=None, suppress_health_check=_HEALTH),
     # thorough, but reproducible and bounded in time: the slow CI suite uses it, so that a red CI run is a real,
     # replayable failure. No target phase: with derandomize, hypothesis's hill-climbing optimiser was seen to spin

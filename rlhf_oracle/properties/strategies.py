@@ -205,7 +205,11 @@ def masks(
             start = draw(st.integers(0, limit - n))
         mask[b, start : start + n] = True
         if holes and n >= 3:  # the first and last token stay valid, so the row keeps >= 2 >= min_valid tokens
-            inner = draw(st.lists(st.integers(start + 1, start + n - 2), max_size=n - 2, unique=True))
+            # rows with a hole are as likely as rows without (multi-turn masks are the hard case)
+            at_least = int(draw(st.sampled_from([1, 0])))
+            inner = draw(
+                st.lists(st.integers(start + 1, start + n - 2), min_size=at_least, max_size=n - 2, unique=True)
+            )
             mask[b, inner] = False
     return mask
 
