@@ -161,7 +161,7 @@ def _variant_matches(ctx: Context, failure: Failure, dtype: torch.dtype) -> list
             continue
         if actual_finite and any(not np.all(np.isfinite(e)) for e in expected):
             continue
-        ratio, _, _, problem = compare(spec, rc, expected, actual, dtype)
+        ratio, _, _, problem = compare(spec, rc, expected, actual, dtype, cap_scale=True)
         if problem is not None:
             continue
         if ratio <= 1.0:
@@ -245,7 +245,7 @@ def _confirm(
                 continue
             if finite and any(not np.all(np.isfinite(e)) for e in expected):
                 continue
-            ratio, *_ = compare(ctx.spec, rc, expected, actual, dtype)
+            ratio, *_ = compare(ctx.spec, rc, expected, actual, dtype, cap_scale=True)
             if ratio <= 1.0:
                 kept.append((d, v))
         if kept:

@@ -123,7 +123,11 @@ def _token_logprobs(c: Case, w: np.ndarray) -> dict[str, Grad]:
     p = _softmax(z / tau)
     onehot = np.zeros_like(z)
     np.put_along_axis(onehot, tokens[..., None], 1.0, axis=-1)
-    return {"logits": _no_alt(w[..., None] * (onehot - p) / tau)}
+    g = w[..., None] * (onehot - p) / tau
+    # onehot - p cancels two terms of size ~1 at the sampled token: 1 - p_chosen is 0 in float32 once p_chosen
+    # rounds to 1 (a dominant token), so the scale is the size of the terms, not of the (tiny) result
+    terms = np.abs(w[..., None]) * (onehot + p) / tau
+    return {"logits": Grad(g, np.full(g.shape, np.nan), terms)}
 
 
 def _entropy(c: Case, w: np.ndarray) -> dict[str, Grad]:

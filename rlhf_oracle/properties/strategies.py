@@ -658,7 +658,11 @@ def _force_first(arr: np.ndarray, value: float) -> np.ndarray:
 def _with_delta(case: Case, draw: Draw, base: str, moved: str, *, very_far: bool = False) -> Case:
     named = case.named()
     b = np.asarray(named[base], dtype=np.float64)
-    delta = draw(log_ratios(b.shape, far=True)) if very_far else draw(_extreme_deltas(b.shape))
+    if very_far:  # up to 1e4, at least one beyond +-20 (where the clamps of real code act)
+        far = st.sampled_from([-1e4, -800.0, -100.0, -30.0, -21.0, 21.0, 30.0, 100.0, 1e4])
+        delta = _force_first(draw(log_ratios(b.shape, far=True)), draw(far))
+    else:
+        delta = draw(_extreme_deltas(b.shape))
     new = b + delta
     if case.mask is not None and moved in case.per_token:
         new = np.where(case.mask, new, np.asarray(named[moved]))

@@ -87,7 +87,20 @@ def test_the_maths_of_the_main_losses_agree_under_their_documented_conventions(r
         assert rows[function].verdicts["values"] == "pass", rows[function].differences
 
 
+def _normalised(verdicts: dict[str, str]) -> dict[str, str]:
+    """Verdicts with the two maths properties merged: whether a tiny difference (a +1e-8 guard) first shows in
+    the values or in the gradients depends on the search path, which float rounding (thread count) can change."""
+    out = {k: v for k, v in verdicts.items() if k not in ("values", "gradients")}
+    out["maths"] = "differs" if "differs" in (verdicts.get("values"), verdicts.get("gradients")) else "pass"
+    if verdicts.get("values") == "differs":  # then the dtype property is skipped (same maths)
+        out.pop("dtype", None)
+    return out
+
+
 def test_the_docs_snapshot_matches_a_fresh_audit(rows: dict[str, AuditRow]) -> None:
-    snapshot = {item["function"]: item["verdicts"] for item in json.loads(SNAPSHOT.read_text())}
-    fresh = {f: r.verdicts for f, r in rows.items()}
+    snapshot = {item["function"]: _normalised(item["verdicts"]) for item in json.loads(SNAPSHOT.read_text())}
+    fresh = {f: _normalised(r.verdicts) for f, r in rows.items()}
+    for verdicts in (*snapshot.values(), *fresh.values()):
+        if verdicts["maths"] == "differs":
+            verdicts.pop("dtype", None)
     assert snapshot == fresh, "re-run: rlhf-oracle audit all --format json --output docs/data/audit.json"
