@@ -219,5 +219,6 @@ def _format_failure(report: CheckReport, f: Failure, *, waived: bool = False) ->
     if f.case.edge:
         what += f"; edge case: {f.case.edge}"
     lines.append(f"  counter-example (shrunk; {what}; inputs as the candidate saw them):")
-    lines += ["    " + ln for ln in _snippet(spec.id, f.rounded, refuses=f.kind == "accepted").splitlines()]
+    refuses = f.kind == "accepted" or f.expected is None  # the reference raises on this input
+    lines += ["    " + ln for ln in _snippet(spec.id, f.rounded, refuses=refuses).splitlines()]
     return "\n".join(lines)
