@@ -25,11 +25,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from . import strategies as S
-from .engine import Context, candidate_call, compare, output_dtypes, outputs, reference_outputs, rounded
+from .engine import Context, candidate_call, compare, output_dtypes, outputs, reference_outputs, rounded, sample_cases
 from .registry import FormulaSpec
 from .report import Failure
 from .strategies import Case
@@ -109,7 +108,7 @@ def _where_it_runs(ctx: Context, failure: Failure) -> list[str]:
     """On inputs where the candidate does not raise, what does it compute? (A raise on a small input, e.g. a
     variance of one token inside GAE, must not hide the convention it follows on the others.)"""
     dtype = failure.dtype or ctx.dtype
-    for case in _sample(_strategy(ctx, failure), 24):
+    for case in sample_cases(_strategy(ctx, failure), 24):
         rc = rounded(case, dtype)
         try:
             actual = outputs(candidate_call(ctx.fn, case, dtype, ctx.device, ctx.accepted))
@@ -199,26 +198,6 @@ def _strategy(ctx: Context, failure: Failure) -> st.SearchStrategy[Case]:
     return ctx.spec.cases(ctx.conventions, ctx.accepted)
 
 
-def _sample(strategy: st.SearchStrategy[Case], n: int) -> list[Case]:
-    """``n`` cases drawn deterministically (generation only, no shrinking)."""
-    out: list[Case] = []
-
-    @settings(
-        max_examples=n,
-        derandomize=True,
-        database=None,
-        phases=[Phase.generate],
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(strategy)
-    def collect(case: Case) -> None:
-        out.append(case)
-
-    collect()
-    return out
-
-
 def _confirm(
     ctx: Context, failure: Failure, matches: list[tuple[int, Variant]], dtype: torch.dtype, n: int = 24
 ) -> list[tuple[int, Variant]]:
@@ -227,7 +206,7 @@ def _confirm(
     more cases; if none survives, keep them all."""
     survivors = list(matches)
     run_dtype = failure.dtype or ctx.dtype
-    for case in _sample(_strategy(ctx, failure), n):
+    for case in sample_cases(_strategy(ctx, failure), n):
         if len(survivors) <= 1:
             break
         rc = rounded(case, run_dtype)
@@ -346,7 +325,7 @@ def _edge(ctx: Context, failure: Failure) -> list[str]:
     probes = [rc] if rc.mask.any() else []
     if not probes:  # probe "one empty row among valid ones" on a few maths cases
         dtype = failure.dtype or ctx.dtype
-        for c in _sample(ctx.spec.cases(ctx.conventions, ctx.accepted), 12):
+        for c in sample_cases(ctx.spec.cases(ctx.conventions, ctx.accepted), 12):
             if c.mask is not None and c.mask.shape[0] >= 2:
                 probes.append(rounded(S.edge_case(c, "empty row", 0), dtype))
     for probe in probes[:4]:

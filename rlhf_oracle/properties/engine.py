@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from hypothesis import HealthCheck, given, settings, target
+from hypothesis import HealthCheck, Phase, given, settings, target
 from hypothesis import strategies as st
 
 from . import profiles
@@ -508,6 +508,26 @@ def search(
     return PropertyResult(name, True, int(stats["n"]), float(stats["worst"]))
 
 
+def sample_cases(strategy: st.SearchStrategy[Case], n: int) -> list[Case]:
+    """``n`` cases drawn deterministically (generation only, no shrinking)."""
+    out: list[Case] = []
+
+    @settings(
+        max_examples=n,
+        derandomize=True,
+        database=None,
+        phases=[Phase.generate],
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(strategy)
+    def collect(case: Case) -> None:
+        out.append(case)
+
+    collect()
+    return out
+
+
 def _secondary_examples(max_examples: int | None) -> int:
     """The non-maths properties search with a third of the maths ones' effort (at least 10 examples): their
     inputs are the maths cases pushed into one regime, so fewer draws reach it."""
@@ -638,9 +658,7 @@ def run_check(
 
 def _compute_dtype(ctx: Context, strategy: st.SearchStrategy[Case]) -> torch.dtype | None:
     """The lowest floating dtype among the candidate's outputs on a maths input, if below the check's dtype."""
-    from .diagnosis import _sample
-
-    for case in _sample(strategy, 3):
+    for case in sample_cases(strategy, 3):
         try:
             out = candidate_call(ctx.fn, case, ctx.dtype, ctx.device, ctx.accepted)
         except Exception:

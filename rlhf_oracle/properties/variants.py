@@ -389,15 +389,6 @@ def _ppo_fit(
     return dual_c, bound
 
 
-def _ppo_variant(variant: str, description: str, sign: float = 1.0, deviations: int = 1) -> Variant:
-    def compute(c: Case) -> np.ndarray:
-        if not _ppo_applies(c, variant):
-            raise NotImplementedError
-        return sign * _ppo_np(c, variant)
-
-    return Variant(variant, description, compute, deviations=deviations)
-
-
 @dataclass(frozen=True)
 class _PPOElementwise(Variant):
     """A PPO objective variant (with an optional log-ratio clamp) whose constants are fitted per output."""

@@ -23,10 +23,10 @@ from hypothesis.extra import numpy as hnp
 from rlhf_oracle import reference as R
 
 from .. import tolerances as tol
-from ..gradients import Grad
+from ..gradients import Grad, _sigmoid
 from ..registry import Conditioning, FormulaSpec, register
 from ..strategies import Case, float_arrays
-from ..variants import Variant
+from ..variants import Variant, _log_sigmoid, _naive_neg_log_sigmoid
 
 __all__ = ["SPEC"]
 
@@ -81,11 +81,6 @@ def _tolerance(c: Case) -> Conditioning:
     return tol.sum_cond(size.size), float(np.mean(1.0 + beta * size))
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        return np.asarray(np.where(x >= 0, 1.0 / (1.0 + np.exp(-x)), np.exp(x) / (1.0 + np.exp(x))))
-
-
 def _gradient(c: Case, w: np.ndarray) -> dict[str, Grad]:
     r"""dL/dh_b = -(beta/B) [(1 - eps) sigma(-beta h) - eps sigma(beta h)]; h is + logp_chosen - logp_rejected."""
     beta = float(c.kwargs.get("beta", 0.1))
@@ -109,13 +104,11 @@ def _loss(c: Case, *, beta_scale: float = 1.0, eps: float | None = None, use_ref
     h = (w - rw) - (lo - rl) if use_ref else (w - lo)
     if swap:
         h = -h
+    if naive:
+        log_sig, log_sig_neg = -_naive_neg_log_sigmoid(beta * h), -_naive_neg_log_sigmoid(-beta * h)
+    else:
+        log_sig, log_sig_neg = _log_sigmoid(beta * h), _log_sigmoid(-beta * h)
     with np.errstate(all="ignore"):
-        if naive:
-            log_sig = np.log(1.0 / (1.0 + np.exp(-beta * h)))
-            log_sig_neg = np.log(1.0 / (1.0 + np.exp(beta * h)))
-        else:
-            log_sig = -np.logaddexp(0.0, -beta * h)
-            log_sig_neg = -np.logaddexp(0.0, beta * h)
         losses = -(1.0 - smoothing) * log_sig - smoothing * log_sig_neg
     return float(losses.sum() if reduce == "sum" else losses.mean())
 
