@@ -23,6 +23,7 @@ from .kl import kl_exact as kl_exact
 from .kl_control import AdaptiveKLController as AdaptiveKLController
 from .kl_control import adaptive_kl_update as adaptive_kl_update
 from .logprobs import entropy_from_logits as entropy_from_logits
+from .logprobs import logprobs_and_entropy as logprobs_and_entropy
 from .logprobs import token_logprobs as token_logprobs
 from .policy import AGGREGATION_MODES as AGGREGATION_MODES
 from .policy import aggregate as aggregate
@@ -53,6 +54,7 @@ __all__ = [
     "kl_estimate",
     "kl_exact",
     "kl_shaped_rewards",
+    "logprobs_and_entropy",
     "policy_loss",
     "ppo_clip_grad",
     "ppo_clip_objective",

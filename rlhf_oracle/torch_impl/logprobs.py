@@ -1,16 +1,24 @@
-"""Per-token log-probabilities and entropies from logits, chunked so that no full-size temporary exists.
+"""Per-token log-probabilities and entropies from logits in one fused, chunked pass over the vocabulary.
 
-Both functions reduce over the vocabulary of a ``[..., T, V]`` logits tensor. They never build a second tensor of
-that size: the work is done in slices of ``chunk`` positions along the second-to-last axis, each upcast to the
-accumulation dtype (float32 for bf16/fp16 input, the input dtype otherwise), and reduced at once. Autograd goes
-through a custom :class:`torch.autograd.Function` whose backward recomputes the softmax chunk by chunk and writes
-into one preallocated gradient (the gradient itself, in the input dtype, is the only ``[..., T, V]`` tensor
-created). With the default chunking a temporary holds about :data:`CHUNK_ELEMENTS` elements.
+The logits ``[..., V]`` are walked as rows of ``V`` values, ``chunk`` rows at a time (a chunk small enough to stay
+in cache: :data:`CHUNK_ELEMENTS` elements by default). Each chunk is upcast to the accumulation dtype (float32
+for bf16/fp16 input, the input dtype otherwise), divided by the temperature, turned into log-probabilities once,
+and reduced at once: the chosen token's log-probability is a gather, the entropy a dot product of the
+probabilities with the log-probabilities. No second tensor of the logits' size is built in the forward pass.
+
+Autograd goes through one custom :class:`torch.autograd.Function` for both outputs. Its backward recomputes the
+chunk's log-softmax and writes
+
+.. math:: \\partial L/\\partial z_k = g_{lp}\\,[k = o] - p_k\\,\\big(g_{lp} + g_H (\\log p_k + H)\\big)
+
+straight into one preallocated gradient (float32 logits) or through one chunk-sized buffer (bf16/fp16 logits):
+the gradient, in the input dtype, is the only full-size tensor created. What is saved for the backward pass is
+the logits (already held by the caller), the tokens and the entropies.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any, cast
 
 import torch
@@ -18,149 +26,224 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from . import _validation as v
 
-CHUNK_ELEMENTS = 1 << 22
-"""Default size of one float32 temporary (4M elements = 16 MiB): the chunk length is this over the row size."""
+CHUNK_ELEMENTS = 1 << 19
+"""Default elements per chunk on CPU (512K: 2 MiB of float32, so that every step after the first reads its chunk
+from cache, and the per-operation overhead is spread over enough rows); the chunk length in rows is this over
+the vocabulary size, at least one row (16 rows at V = 32000, 4 at V = 128256). Measured best of 128K-1M elements
+by ``benchmarks/bench_logprobs.py``-style sweeps. Under ``torch.compile`` the default is one chunk."""
+
+DEVICE_CHUNK_ELEMENTS = 1 << 24
+"""Default elements per chunk on an accelerator (16M: 64 MiB of float32), where each step is a kernel launch and
+the chunk only bounds the temporary memory."""
 
 
 def _chunk_length(logits: torch.Tensor, chunk_size: int | None) -> int:
-    """Number of positions (along dim -2) per chunk."""
+    """Rows (positions of the flattened leading axes) per chunk."""
     if chunk_size is not None:
         return chunk_size
-    if logits.ndim < 2 or logits.shape[-2] == 0:
-        return 1
-    per_position = max(1, logits.numel() // logits.shape[-2])
-    return max(1, CHUNK_ELEMENTS // per_position)
+    rows = max(1, logits.numel() // max(1, logits.shape[-1]))
+    if torch.compiler.is_compiling():
+        return rows  # one chunk: the traced graph stays small and the compiler fuses the pass itself
+    budget = CHUNK_ELEMENTS if logits.device.type in ("cpu", "meta") else DEVICE_CHUNK_ELEMENTS
+    return max(1, budget // max(1, logits.shape[-1]))
 
 
-def _scaled(chunk: torch.Tensor, tau: float) -> torch.Tensor:
-    """z = logits / tau in the accumulation dtype (one chunk-sized temporary)."""
-    z = chunk.to(v.acc_dtype(chunk.dtype))
-    return z / tau if tau != 1.0 else z
+def _rows_viewable(x: torch.Tensor) -> bool:
+    """Whether ``x`` [..., V] is viewable as [rows, V] without a copy (its row axes form one stride run)."""
+    run = None
+    for dim in range(x.ndim - 2, -1, -1):
+        if x.shape[dim] == 1:
+            continue
+        if run is not None and x.stride(dim) != run:
+            return False
+        run = x.stride(dim) * x.shape[dim]
+    return True
 
 
-def _ranges(length: int, chunk: int) -> list[tuple[int, int]]:
-    return [(s, min(s + chunk, length)) for s in range(0, length, chunk)]
+def _row_blocks(x: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first row, [rows, V] view) blocks covering ``x`` [..., V] in row-major order, never copying ``x``.
 
-
-class _TokenLogprobs(torch.autograd.Function):
-    """out[b, t] = z[b, t, o] - logsumexp_v z[b, t, v],  z = logits / tau; grad = g (onehot(o) - softmax(z)) / tau."""
-
-    @staticmethod
-    def forward(ctx: FunctionCtx, logits: torch.Tensor, tokens: torch.Tensor, tau: float, chunk: int) -> torch.Tensor:
-        outs: list[torch.Tensor] = []
-        lses: list[torch.Tensor] = []
-        for s, e in _ranges(logits.shape[1], chunk):
-            z = _scaled(logits[:, s:e], tau)
-            lse = torch.logsumexp(z, dim=-1)
-            picked = z.gather(-1, tokens[:, s:e, None]).squeeze(-1)
-            outs.append(picked - lse)
-            lses.append(lse)
-        acc = v.acc_dtype(logits.dtype)
-        out = torch.cat(outs, dim=1) if outs else logits.new_zeros(logits.shape[:2], dtype=acc)
-        lse_all = torch.cat(lses, dim=1) if lses else logits.new_zeros(logits.shape[:2], dtype=acc)
-        ctx.save_for_backward(logits, tokens, lse_all)
-        ctx.tau = tau  # type: ignore[attr-defined]
-        ctx.chunk = chunk  # type: ignore[attr-defined]
-        return out.to(logits.dtype)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
-        if not ctx.needs_input_grad[0]:
-            return None, None, None, None
-        logits, tokens, lse = ctx.saved_tensors
-        tau: float = ctx.tau
-        grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
-        g_all = grad_out.to(lse.dtype)
-        for s, e in _ranges(logits.shape[1], ctx.chunk):
-            z = _scaled(logits[:, s:e], tau)
-            g = g_all[:, s:e, None]
-            gz = torch.exp(z - lse[:, s:e, None]).mul_(-g)
-            gz.scatter_add_(-1, tokens[:, s:e, None], g)
-            if tau != 1.0:
-                gz.div_(tau)
-            grad[:, s:e].copy_(gz)
-        return grad, None, None, None
-
-
-class _Entropy(torch.autograd.Function):
-    """H = -sum_v p_v log p_v with log p = z - logsumexp(z); dH/dz_k = -p_k (log p_k + H), z = logits / tau."""
-
-    @staticmethod
-    def forward(ctx: FunctionCtx, logits: torch.Tensor, tau: float, chunk: int) -> torch.Tensor:
-        dim = logits.ndim - 2
-        hs: list[torch.Tensor] = []
-        lses: list[torch.Tensor] = []
-        for s, e in _ranges(logits.shape[dim], chunk):
-            z = _scaled(logits.narrow(dim, s, e - s), tau)
-            lse = torch.logsumexp(z, dim=-1, keepdim=True)
-            log_p = z - lse  # not in place: z may be a view of the caller's logits
-            p = torch.exp(log_p)
-            plogp = torch.where(p > 0, p * log_p, 0.0)
-            hs.append(-plogp.sum(dim=-1))
-            lses.append(lse.squeeze(-1))
-        acc = v.acc_dtype(logits.dtype)
-        entropy = torch.cat(hs, dim=dim) if hs else logits.new_zeros(logits.shape[:-1], dtype=acc)
-        lse_all = torch.cat(lses, dim=dim) if lses else logits.new_zeros(logits.shape[:-1], dtype=acc)
-        ctx.save_for_backward(logits, lse_all, entropy)
-        ctx.tau = tau  # type: ignore[attr-defined]
-        ctx.chunk = chunk  # type: ignore[attr-defined]
-        return entropy.to(logits.dtype)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
-        if not ctx.needs_input_grad[0]:
-            return None, None, None
-        logits, lse, entropy = ctx.saved_tensors
-        tau: float = ctx.tau
-        dim = logits.ndim - 2
-        grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
-        g_all = grad_out.to(lse.dtype)
-        for s, e in _ranges(logits.shape[dim], ctx.chunk):
-            z = _scaled(logits.narrow(dim, s, e - s), tau)
-            log_p = z - lse.narrow(dim, s, e - s).unsqueeze(-1)
-            p = torch.exp(log_p)
-            h = entropy.narrow(dim, s, e - s).unsqueeze(-1)
-            g = g_all.narrow(dim, s, e - s).unsqueeze(-1)
-            gz = torch.where(p > 0, -p * (log_p + h), 0.0).mul_(g)
-            if tau != 1.0:
-                gz.div_(tau)
-            grad.narrow(dim, s, e - s).copy_(gz)
-        return grad, None, None
-
-
-def _apply(function: type[torch.autograd.Function], *args: Any) -> torch.Tensor:
-    """``function.apply(*args)`` with a typed result (``Function.apply`` is untyped in torch's stubs)."""
-    apply = cast(Callable[..., torch.Tensor], function.apply)
-    return apply(*args)
-
-
-def _check_chunk_size(fn: str, chunk_size: int | None) -> int | None:
-    return v.optional_positive_int(fn, "chunk_size", chunk_size)
-
-
-def _check_finite_logits(fn: str, logits: torch.Tensor) -> None:
-    """NaN/inf anywhere in the logits, found through two reductions (amax/amin propagate NaN): no [..., V] mask."""
-    if v.value_checks_enabled() and logits.numel():
-        if not bool(torch.isfinite(logits.amax(dim=-1)).all() & torch.isfinite(logits.amin(dim=-1)).all()):
-            raise ValueError(f"{fn}: 'logits' contains NaN or inf")
-
-
-def token_logprobs(
-    logits: torch.Tensor, tokens: torch.Tensor, *, temperature: float = 1.0, chunk_size: int | None = None
-) -> torch.Tensor:
-    r"""Log-probability of each chosen token: :math:`z_{t,o_t}/\tau - \log\sum_v e^{z_{t,v}/\tau}`.
-
-    Computed as gather minus logsumexp, in float32 for bf16/fp16 input and rounded once to the input dtype, in
-    chunks of ``chunk_size`` positions along T (default: about :data:`CHUNK_ELEMENTS` elements per chunk).
-    See :func:`rlhf_oracle.reference.token_logprobs` for the derivation and conventions (the caller shifts:
-    ``logits[b, t]`` predicts ``tokens[b, t]``).
-
-    Shapes: ``logits`` [B, T, V], ``tokens`` [B, T] integer -> [B, T] in the dtype of ``logits``.
-    ``chunk_size`` (keyword-only, torch twin only) trades speed for temporary memory; the result is the same.
+    One block when the row axes are viewable as one (the usual contiguous logits); otherwise one block per index
+    of the axes before the second-to-last (e.g. ``logits[:, :-1]`` of a [B, T+1, V] tensor: B blocks).
     """
-    fn = "token_logprobs"
+    if _rows_viewable(x):
+        yield 0, x.reshape(-1, x.shape[-1])
+        return
+    first = 0
+    for block in _leading_slices(x):
+        yield first, block
+        first += block.shape[0]
+
+
+def _leading_slices(x: torch.Tensor) -> Iterator[torch.Tensor]:
+    if x.ndim == 2:
+        yield x
+        return
+    for i in range(x.shape[0]):
+        yield from _leading_slices(x[i])
+
+
+def _chunks(x: torch.Tensor, rows: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """(first row, end row, [r, V] view) chunks of at most ``rows`` rows covering ``x`` [..., V]."""
+    for first, block in _row_blocks(x):
+        for s in range(0, block.shape[0], rows):
+            chunk = block[s : s + rows]
+            yield first + s, first + s + chunk.shape[0], chunk
+
+
+class _Workspace:
+    """Chunk buffers allocated once per call and reused by every chunk (a fresh allocation per chunk costs more
+    than the arithmetic on CPU: freed chunk-sized blocks go back to the OS and come back as zeroed pages)."""
+
+    def __init__(self, like: torch.Tensor, rows: int, acc: torch.dtype, count: int) -> None:
+        vocab = like.shape[-1]
+        rows = min(rows, max(1, like.numel() // max(1, vocab)))
+        self.buffers = [like.new_empty((rows, vocab), dtype=acc) for _ in range(count)]
+
+    def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
+        i, r = key
+        return self.buffers[i][:r]
+
+
+def _shifted(chunk: torch.Tensor, out: torch.Tensor, tau: float) -> torch.Tensor:
+    """out <- (chunk - max_v chunk) / tau in the accumulation dtype; returns the row maxima scaled by 1/tau.
+
+    All entries of ``out`` are <= 0 and the largest of each row is exactly 0, so exp(out) neither overflows nor
+    underflows all at once: this is the stabilised form of the softmax.
+    """
+    if chunk.dtype == out.dtype:
+        m = chunk.amax(dim=-1, keepdim=True)
+        torch.sub(chunk, m, out=out)
+    else:  # bf16/fp16: upcast once (reductions in the half types are slow on CPU), then work in place
+        out.copy_(chunk)
+        m = out.amax(dim=-1, keepdim=True)
+        out.sub_(m)
+    if tau != 1.0:
+        out.div_(tau)
+        m = m / tau
+    return m.squeeze(-1)
+
+
+class _LogprobsEntropy(torch.autograd.Function):
+    r"""lp = log softmax(z)[o] and/or H = -sum_v p_v log p_v (z = logits / tau), one exponential per logit.
+
+    With t = z - max z (per row), e = exp(t), S = sum e:  log p = t - log S,  lp = t_o - log S, and
+    H = log S + (sum_v e_v (-t_v)) / S, a sum of non-negative terms (no cancellation when H is small).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx, logits: torch.Tensor, tokens: torch.Tensor | None, tau: float, rows: int, want_h: bool,
+        check: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        acc = v.acc_dtype(logits.dtype)
+        lead = logits.shape[:-1]
+        n = lead.numel()
+        flat_tokens = tokens.reshape(n, 1) if tokens is not None else None
+        lp = logits.new_empty(n if tokens is not None else 0, dtype=acc)
+        h = logits.new_empty(n if want_h else 0, dtype=acc)
+        shift = logits.new_empty(n, dtype=acc)  # max z per row
+        log_s = logits.new_empty(n, dtype=acc)  # log sum exp(z - max z) per row
+        finite = logits.new_empty(n if check and not want_h else 0, dtype=acc)  # sum of t: -inf if a logit is
+        work = _Workspace(logits, rows, acc, 2 if want_h else 1)
+        for s, e, chunk in _chunks(logits, rows):
+            t = work[0, e - s]
+            shift[s:e] = _shifted(chunk, t, tau)
+            if flat_tokens is not None:
+                torch.gather(t, 1, flat_tokens[s:e], out=lp[s:e, None])
+            if want_h:
+                ex = torch.exp(t, out=work[1, e - s])
+                sums = ex.sum(dim=-1)
+                torch.log(sums, out=log_s[s:e])
+                # sum_v e_v t_v, in place in the exponentials (torch.linalg.vecdot allocates a chunk on CPU)
+                h[s:e] = ex.mul_(t).sum(dim=-1).div_(sums).neg_().add_(log_s[s:e])
+            else:
+                if check:
+                    torch.sum(t, dim=-1, out=finite[s:e])
+                torch.log(t.exp_().sum(dim=-1), out=log_s[s:e])
+        if check:
+            bad = ~torch.isfinite(shift + log_s) | ~torch.isfinite(h if want_h else finite)
+            if bool(bad.any()):
+                raise ValueError("'logits' contains NaN or inf")
+        if flat_tokens is not None:
+            lp.sub_(log_s)
+        ctx.save_for_backward(logits, flat_tokens, h, shift, log_s)  # type: ignore[arg-type]  # None allowed
+        ctx.tau, ctx.rows = tau, rows  # type: ignore[attr-defined]
+        ctx.set_materialize_grads(False)
+        lp_out = lp.view(lead) if tokens is not None else logits.new_zeros(lead, dtype=acc)
+        h_out = h.view(lead) if want_h else logits.new_zeros(lead, dtype=acc)
+        return lp_out.to(logits.dtype), h_out.to(logits.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(
+        ctx: Any, grad_lp: torch.Tensor | None, grad_h: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, None, None, None, None, None]:
+        none = (None, None, None, None, None)
+        logits, tokens, h, shift, log_s = ctx.saved_tensors
+        if not ctx.needs_input_grad[0] or (grad_lp is None and grad_h is None):
+            return None, *none
+        tau: float = ctx.tau
+        acc = v.acc_dtype(logits.dtype)
+        n = shift.numel()
+        g_lp = grad_lp.reshape(n, 1).to(acc) if grad_lp is not None and tokens is not None else None
+        g_h = grad_h.reshape(n, 1).to(acc) if grad_h is not None and h.numel() else None
+        h, log_s = h.view(-1, 1), log_s.view(-1, 1)
+        grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
+        grad_rows = grad.view(-1, logits.shape[-1])
+        direct = grad.dtype == acc  # float32/float64 logits: each chunk's gradient is computed in place
+        work = _Workspace(logits, ctx.rows, acc, 1 if direct else 2)
+        for s, e, chunk in _chunks(logits, ctx.rows):
+            dst = grad_rows[s:e]
+            log_p = work[0, e - s]
+            _shifted_by(chunk, shift[s:e, None], log_p, tau)
+            log_p.sub_(log_s[s:e])
+            gz = torch.exp(log_p, out=dst if direct else work[1, e - s])  # p
+            if g_h is None:  # log-probs only: g_lp (onehot(o) - p)
+                assert g_lp is not None
+                gz.mul_(-g_lp[s:e])
+            else:  # g_lp onehot(o) - p (g_lp + g_H (log p + H))
+                coef = log_p.add_(h[s:e]).mul_(-g_h[s:e])
+                if g_lp is not None:
+                    coef.sub_(g_lp[s:e])
+                gz.mul_(coef)
+            if g_lp is not None:
+                gz.scatter_add_(1, tokens[s:e], g_lp[s:e])
+            if tau != 1.0:
+                gz.div_(tau)
+            if not direct:
+                dst.copy_(gz)
+        return grad, *none
+
+
+def _shifted_by(chunk: torch.Tensor, shift: torch.Tensor, out: torch.Tensor, tau: float) -> None:
+    """out <- chunk / tau - shift (the saved row maxima, already scaled), in the accumulation dtype."""
+    if tau == 1.0 and chunk.dtype == out.dtype:
+        torch.sub(chunk, shift, out=out)
+        return
+    out.copy_(chunk)
+    if tau != 1.0:
+        out.div_(tau)
+    out.sub_(shift)
+
+
+def _fused(
+    fn: str, logits: torch.Tensor, tokens: torch.Tensor | None, tau: float, rows: int, want_h: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    apply = cast(Any, _LogprobsEntropy.apply)  # Function.apply is untyped in torch's stubs
+    check = v.value_checks_enabled() and logits.numel() > 0
+    try:
+        lp, h = apply(logits, tokens, tau, rows, want_h, check)
+    except ValueError as exc:
+        if str(exc) == "'logits' contains NaN or inf":
+            raise ValueError(f"{fn}: {exc}") from None
+        raise
+    return lp, h
+
+
+def _check_logits_tokens(
+    fn: str, logits: torch.Tensor, tokens: torch.Tensor, temperature: float, chunk_size: int | None
+) -> tuple[torch.Tensor, torch.Tensor, float, int]:
     z = v.as_float(fn, "logits", logits, ndim=3, shape_doc="[B, T, V]")
     o = v.as_int(fn, "tokens", tokens, ndim=2, shape_doc="[B, T]")
     if o.shape != z.shape[:2]:
@@ -168,15 +251,30 @@ def token_logprobs(
             f"{fn}: 'tokens' has shape {v.shape_str(o.shape)}, expected {v.shape_str(z.shape[:2])} to match 'logits'"
         )
     tau = v.positive(fn, "temperature", temperature)
-    chunk = _chunk_length(z, _check_chunk_size(fn, chunk_size))
+    rows = _chunk_length(z, v.optional_positive_int(fn, "chunk_size", chunk_size))
     vocab = z.shape[-1]
     if v.value_checks_enabled() and o.numel():
         lo, hi = int(o.min()), int(o.max())
         if lo < 0 or hi >= vocab:
             raise ValueError(f"{fn}: 'tokens' must be in [0, {vocab}), got values in [{lo}, {hi}]")
-    _check_finite_logits(fn, z)
-    out = _apply(_TokenLogprobs, z, o.to(torch.int64), tau, chunk)
-    return out
+    return z, o.to(torch.int64), tau, rows
+
+
+def token_logprobs(
+    logits: torch.Tensor, tokens: torch.Tensor, *, temperature: float = 1.0, chunk_size: int | None = None
+) -> torch.Tensor:
+    r"""Log-probability of each chosen token: :math:`z_{t,o_t}/\tau - \log\sum_v e^{z_{t,v}/\tau}`.
+
+    Computed as a gather from the log-softmax, in float32 for bf16/fp16 input and rounded once to the input
+    dtype, ``chunk_size`` rows (positions) at a time (default: about :data:`CHUNK_ELEMENTS` elements per chunk).
+    See :func:`rlhf_oracle.reference.token_logprobs` for the derivation and conventions (the caller shifts:
+    ``logits[b, t]`` predicts ``tokens[b, t]``). Use :func:`logprobs_and_entropy` when the entropy is needed too.
+
+    Shapes: ``logits`` [B, T, V], ``tokens`` [B, T] integer -> [B, T] in the dtype of ``logits``.
+    ``chunk_size`` (keyword-only, torch twin only) trades speed for temporary memory; the result is the same.
+    """
+    z, o, tau, rows = _check_logits_tokens("token_logprobs", logits, tokens, temperature, chunk_size)
+    return _fused("token_logprobs", z, o, tau, rows, False)[0]
 
 
 def entropy_from_logits(
@@ -185,8 +283,8 @@ def entropy_from_logits(
     r"""Entropy of the next-token distribution: :math:`H = -\sum_v p_v \log p_v`, :math:`p = \mathrm{softmax}(z/\tau)`.
 
     Equal to ``logsumexp(z) - sum softmax(z) z`` (the form of the contract); computed as
-    :math:`-\sum_v p_v (z_v - \mathrm{lse})`, a sum of non-negative terms (no cancellation when H is small).
-    float32 for bf16/fp16 input, chunked along the second-to-last axis like :func:`token_logprobs`.
+    :math:`-\sum_v p_v \log p_v` with :math:`\log p` from the log-softmax, a sum of non-negative terms (no
+    cancellation when H is small). float32 for bf16/fp16 input, chunked like :func:`token_logprobs`.
     See :func:`rlhf_oracle.reference.entropy_from_logits`.
 
     Shapes: ``logits`` [..., V] -> [...] in the dtype of ``logits``.
@@ -196,8 +294,21 @@ def entropy_from_logits(
     if z.ndim < 1 or z.shape[-1] < 1:
         raise ValueError(f"{fn}: 'logits' must have shape [..., V] with V >= 1, got {v.shape_str(z.shape)}")
     tau = v.positive(fn, "temperature", temperature)
-    chunk_arg = _check_chunk_size(fn, chunk_size)
-    _check_finite_logits(fn, z)
-    z2 = z.unsqueeze(0) if z.ndim == 1 else z
-    out = _apply(_Entropy, z2, tau, _chunk_length(z2, chunk_arg))
-    return out.squeeze(0) if z.ndim == 1 else out
+    rows = _chunk_length(z, v.optional_positive_int(fn, "chunk_size", chunk_size))
+    return _fused(fn, z, None, tau, rows, True)[1]
+
+
+def logprobs_and_entropy(
+    logits: torch.Tensor, tokens: torch.Tensor, *, temperature: float = 1.0, chunk_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Both :func:`token_logprobs` and :func:`entropy_from_logits` from one pass over the logits.
+
+    The training step of PPO needs the log-probability of the sampled tokens (for the ratio) and the entropy
+    (bonus or metric) of the same logits; this reads the logits once in the forward pass and once in the
+    backward pass instead of twice each. Values equal the two separate calls exactly (same arithmetic).
+
+    Shapes: ``logits`` [B, T, V], ``tokens`` [B, T] integer -> (log-probs [B, T], entropy [B, T]), both in the
+    dtype of ``logits``. Gradients flow from either or both outputs.
+    """
+    z, o, tau, rows = _check_logits_tokens("logprobs_and_entropy", logits, tokens, temperature, chunk_size)
+    return _fused("logprobs_and_entropy", z, o, tau, rows, True)

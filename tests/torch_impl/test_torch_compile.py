@@ -1,4 +1,4 @@
-"""torch.compile smoke tests: policy_loss, gae and token_logprobs compile with fullgraph=True and agree with eager.
+"""torch.compile smoke tests: policy_loss, gae and the log-prob kernels compile with fullgraph=True, agree with eager.
 
 Backend: on this 2-core CPU machine inductor works but compiling the three functions takes ~40 s (C++ codegen),
 which is over the test-time budget, so the default suite uses backend="aot_eager" (Dynamo tracing + AOT autograd,
@@ -45,7 +45,12 @@ def _check(backend: str) -> None:
     def logprobs(logits: torch.Tensor) -> torch.Tensor:
         return ti.token_logprobs(logits, x["tokens"], temperature=0.9, chunk_size=3)
 
-    for fn, arg in ((policy, x["logp"]), (advantages, x["values"]), (logprobs, x["logits"])):
+    def fused(logits: torch.Tensor) -> torch.Tensor:  # default chunking: one chunk inside the trace
+        lp, h = ti.logprobs_and_entropy(logits, x["tokens"])
+        return lp + 0.5 * h
+
+    cases = ((policy, x["logp"]), (advantages, x["values"]), (logprobs, x["logits"]), (fused, x["logits"]))
+    for fn, arg in cases:
         compiled = torch.compile(fn, backend=backend, fullgraph=True)
         a = arg.clone().requires_grad_(True)
         b = arg.clone().requires_grad_(True)

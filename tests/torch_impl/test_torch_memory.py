@@ -52,23 +52,27 @@ def _spy(fn: Callable[[], Any], known: list[torch.Tensor]) -> list[tuple[int, to
     return spy.allocations
 
 
-@pytest.mark.parametrize("which", ["token_logprobs", "entropy_from_logits"])
+@pytest.mark.parametrize("which", ["token_logprobs", "entropy_from_logits", "logprobs_and_entropy"])
 def test_largest_temporary_is_one_chunk(which: str) -> None:
     b, t, v, chunk = 2, 64, 500, 8
     logits = torch.randn(b, t, v, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16).requires_grad_(True)
     tokens = torch.randint(0, v, (b, t), generator=torch.Generator().manual_seed(1))
     full_bf16 = b * t * v * 2
-    chunk_f32 = b * chunk * v * 4
+    chunk_f32 = chunk * v * 4  # one chunk: `chunk` rows of the flattened [B * T, V]
 
     def forward() -> torch.Tensor:
         if which == "token_logprobs":
             return ti.token_logprobs(logits, tokens, chunk_size=chunk)
+        if which == "logprobs_and_entropy":
+            lp, h = ti.logprobs_and_entropy(logits, tokens, chunk_size=chunk)
+            return lp + h
         return ti.entropy_from_logits(logits, chunk_size=chunk)
 
     holder: list[torch.Tensor] = []
     fwd = _spy(lambda: holder.append(forward()), [logits, tokens])
     assert max(n for n, d in fwd if d == torch.float32) <= chunk_f32
     assert max(n for n, _ in fwd) <= chunk_f32  # nothing full-size at all in the forward
+    assert sum(n == chunk_f32 for n, _ in fwd) <= 2  # the chunk buffers are allocated once and reused
     out = holder[0]
     bwd = _spy(lambda: out.sum().backward(), [logits, tokens, out])
     float32_sizes = [n for n, d in bwd if d == torch.float32]
@@ -76,12 +80,25 @@ def test_largest_temporary_is_one_chunk(which: str) -> None:
     full_size = [(n, d) for n, d in bwd if n >= full_bf16]
     assert full_size == [(full_bf16, torch.bfloat16)]  # the gradient, in the input dtype, and nothing else
     assert logits.grad is not None and logits.grad.dtype == torch.bfloat16
+    assert sum(n == chunk_f32 for n, _ in bwd) <= 2
+
+
+def test_float32_backward_writes_into_the_gradient() -> None:
+    """float32 logits: the gradient is the only full-size allocation and one chunk buffer the only other large one."""
+    b, t, v, chunk = 2, 64, 500, 8
+    logits = torch.randn(b, t, v, generator=torch.Generator().manual_seed(2)).requires_grad_(True)
+    tokens = torch.randint(0, v, (b, t), generator=torch.Generator().manual_seed(3))
+    lp, h = ti.logprobs_and_entropy(logits, tokens, chunk_size=chunk)
+    out = lp + h
+    bwd = _spy(lambda: out.sum().backward(), [logits, tokens, out, lp, h])
+    large = sorted(n for n, _ in bwd if n >= chunk * v * 4)
+    assert large == [chunk * v * 4, b * t * v * 4], large
 
 
 def test_default_chunk_holds_about_chunk_elements() -> None:
     logits = torch.empty(4, 4096, 32000, dtype=torch.bfloat16, device="meta")
     chunk = _chunk_length(logits, None)
-    assert chunk == CHUNK_ELEMENTS // (4 * 32000) and 4 * chunk * 32000 <= CHUNK_ELEMENTS
+    assert chunk == CHUNK_ELEMENTS // 32000 and chunk * 32000 <= CHUNK_ELEMENTS  # rows of the flattened [B*T, V]
     assert _chunk_length(torch.empty(1, 3, 10**8, device="meta"), None) == 1  # a single huge row: one position
 
 
@@ -137,7 +154,7 @@ def test_peak_rss_chunked_vs_naive_bf16() -> None:
     # naive: a float32 upcast (2x the input) plus the float32 log_softmax (2x): up to 4x the input. The kernel's
     # accounting of resident pages varies with machine load (measured: 228 to 512 MiB), so the bound is one input.
     assert naive["extra_kib"] > input_kib, naive
-    # chunked: a few [1, 128, 32768] float32 temporaries (16 MiB each), far below one input (measured: ~31 MiB)
+    # chunked: a few [4, 32768] float32 temporaries (512 KiB each), far below one input (measured: ~31 MiB)
     assert chunked["extra_kib"] < input_kib // 2, chunked
     assert chunked["extra_kib"] < naive["extra_kib"] / 4, (chunked, naive)
 
