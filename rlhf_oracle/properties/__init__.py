@@ -7,6 +7,7 @@
   stability, dtype) and ``run_check``; :mod:`.diagnosis` - why a property failed; :mod:`.report` - the verdicts;
 - :mod:`.checks` - ``check_<formula>(candidate, *, adapter=None, dtype=torch.float64, device="cpu",
   max_examples=None, waive=(), **conventions)``, re-exported here;
+- :mod:`.distributed` - ``check_distributed``: micro-batch and rank splits accumulate to the global gradient;
 - :mod:`.adapters` - make other argument/return conventions fit the reference's;
 - :mod:`.tolerances` - the written tolerance policy;
 - :mod:`.pytest_plugin` - the ``rlhf_oracle`` fixture and ``--rlhf-oracle-profile``;
@@ -23,6 +24,10 @@ from .checks import PropertyResult as PropertyResult
 from .checks import check as check
 from .checks import check_error_parity as check_error_parity
 from .checks import run_check as run_check
+from .distributed import DistributedMismatch as DistributedMismatch
+from .distributed import DistributedReport as DistributedReport
+from .distributed import MicroBatch as MicroBatch
+from .distributed import check_distributed as check_distributed
 from .registry import REGISTRY as REGISTRY
 from .registry import FormulaSpec as FormulaSpec
 
@@ -32,11 +37,15 @@ __all__ = [
     "CHECKS",
     "REGISTRY",
     "CheckReport",
+    "DistributedMismatch",
+    "DistributedReport",
     "FormulaSpec",
+    "MicroBatch",
     "OracleMismatch",
     "PropertyResult",
     "adapters",
     "check",
+    "check_distributed",
     "run_check",
     "strategies",
     "tolerances",

@@ -17,6 +17,10 @@ from .advantages import GAEResult as GAEResult
 from .advantages import gae as gae
 from .advantages import grpo_advantages as grpo_advantages
 from .advantages import whiten as whiten
+from .distributed import Normaliser as Normaliser
+from .distributed import global_normaliser as global_normaliser
+from .distributed import micro_batch_aggregate as micro_batch_aggregate
+from .distributed import micro_batch_policy_loss as micro_batch_policy_loss
 from .kl import KL_ESTIMATORS as KL_ESTIMATORS
 from .kl import kl_estimate as kl_estimate
 from .kl import kl_exact as kl_exact
@@ -45,16 +49,20 @@ __all__ = [
     "SCORE_POSITIONS",
     "AdaptiveKLController",
     "GAEResult",
+    "Normaliser",
     "adaptive_kl_update",
     "aggregate",
     "dpo_loss",
     "entropy_from_logits",
     "gae",
+    "global_normaliser",
     "grpo_advantages",
     "kl_estimate",
     "kl_exact",
     "kl_shaped_rewards",
     "logprobs_and_entropy",
+    "micro_batch_aggregate",
+    "micro_batch_policy_loss",
     "policy_loss",
     "ppo_clip_grad",
     "ppo_clip_objective",
