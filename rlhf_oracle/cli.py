@@ -95,14 +95,26 @@ def _error(message: str) -> None:
 
 def run_demo_command(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is built in code: never reach for the hub
+    from rlhf_oracle.e2e import parallel
+
+    joined = parallel.init_from_env()  # launched by torchrun: the PPO update runs data-parallel over the ranks
+    try:
+        return _demo(args, parallel.rank_and_world()[0])
+    finally:
+        if joined:
+            parallel.destroy()
+
+
+def _demo(args: argparse.Namespace, rank: int) -> int:
     from rich.console import Console
 
+    from rlhf_oracle.e2e import parallel
     from rlhf_oracle.e2e.config import DemoConfig
     from rlhf_oracle.e2e.oracle import OracleDivergenceError
     from rlhf_oracle.e2e.ppo import Halted
     from rlhf_oracle.e2e.run import default_run_dir, run_demo, summary_table
 
-    console = Console()
+    console = Console(quiet=rank > 0)  # under torchrun only rank 0 speaks
     names = {f.name for f in dataclasses.fields(DemoConfig)}
     if args.resume is not None:
         given = sorted(k for k in vars(args) if k in names)
@@ -121,7 +133,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
         except (ValueError, TypeError) as e:
             _error(str(e))
             return 2
-        out = args.out if args.out is not None else default_run_dir()
+        out = args.out if args.out is not None else Path(str(parallel.broadcast(str(default_run_dir()))))
     console.print(f"run folder: [bold]{out}[/bold]")
     try:
         summary = run_demo(cfg, out, resume=args.resume is not None, progress=not args.quiet)

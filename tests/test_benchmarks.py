@@ -49,20 +49,21 @@ def test_benchmark_runs_and_reports_every_cell(tmp_path: Path, mode: list[str]) 
 
 
 def test_peak_memory_of_one_cell_is_measured_against_the_floor() -> None:
-    """One in-process measurement at a size where the gradient dominates: above the floor, below 3 gradients."""
+    """One cell measured as the benchmark does (a fresh process) at a size where the gradient dominates: above
+    the floor, below a second full-size float32 tensor."""
     bench = _bench()
     try:
-        impl = bench._by_name("torch_impl")
+        bench._by_name("torch_impl")
     except bench.AuditUnavailable:
         pytest.skip("the peers' wheels cannot be fetched (offline)")
-    shape = (2, 64, 4096)
+    shape = (2, 256, 8192)  # a 16 MiB gradient against 2 MiB chunk buffers
     import torch
 
-    peak = bench.peak_memory_here(impl, "both", "cpu", "float32", shape, True)
+    peak = bench.peak_memory("torch_impl", "both", "cpu", "float32", shape, True)
     floor = bench.memory_floor("both", torch.float32, shape, True)
-    assert floor == 2 * 64 * 4096 * 4 + 2 * 2 * 64 * 4
+    assert floor == 2 * 256 * 8192 * 4 + 2 * 2 * 256 * 4
     # resident-set growth counts pages: allow the allocator's slack, but not a second full-size float32 tensor
-    assert 0.9 * floor < peak < 1.9 * floor, (peak, floor)
+    assert 0.9 * floor < peak < 1.5 * floor, (peak, floor)
 
 
 def test_baseline_comparison_flags_only_a_slowdown_above_20_percent() -> None:

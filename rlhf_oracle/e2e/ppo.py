@@ -44,6 +44,7 @@ from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 from rlhf_oracle import torch_impl as F
 
 from . import oracle as O
+from . import parallel
 from .config import DemoConfig
 from .models import (
     Batch,
@@ -196,9 +197,17 @@ def ppo_step(
     last: dict[str, Any] = {}
     state.policy.train()
     state.critic.train()
+    world = parallel.rank_and_world()[1]
     for _epoch in range(cfg.ppo_epochs):
         perm = torch.randperm(n, generator=gen).to(device)
         for idx in torch.split(perm, cfg.minibatch_size):
+            if world > 1:  # the same random draws on every rank; the update is data-parallel
+                ptx_idx = None
+                if cfg.ptx_coef > 0:
+                    ptx_idx = torch.randint(0, n_corpus, (cfg.ptx_batch_size,), generator=gen).to(device)
+                last = _data_parallel_update(cfg, state, ro, corpus, idx, ptx_idx, device, sums)
+                n_updates += 1
+                continue
             mb = ro.batch.select(idx)
             mb_mask = mask[idx]
             # policy (and the ptx batch in the same forward pass: one call, same layout)
@@ -346,6 +355,99 @@ def ppo_step(
         metrics["oracle_max"] = max(discrepancies.values())
     state.step = step
     return metrics
+
+
+def _data_parallel_update(
+    cfg: DemoConfig,
+    state: PPOState,
+    ro: Any,
+    corpus: SFTCorpus,
+    idx: torch.Tensor,
+    ptx_idx: torch.Tensor | None,
+    device: torch.device,
+    sums: dict[str, float],
+) -> dict[str, Any]:
+    """One minibatch update with its rows split over the ranks (see :mod:`rlhf_oracle.e2e.parallel`).
+
+    Each rank's losses are its shares of the minibatch's global losses (global token and sequence counts,
+    all-reduced), the gradients are summed over the ranks, then clipped and applied as in the single-process
+    update. Adds the global loss values to ``sums``; returns the minibatch's tensors gathered from all ranks.
+    """
+    mask = ro.batch.response_mask
+    local = parallel.shard(idx)
+    mb = ro.batch.select(local)
+    mb_mask = mask[local]
+    counts = F.global_normaliser(mb_mask)
+    if ptx_idx is not None:
+        ptx_batch = corpus.batch.select(parallel.shard(ptx_idx))
+        joint = Batch(
+            torch.cat([mb.input_ids, ptx_batch.input_ids]),
+            torch.cat([mb.attention_mask, ptx_batch.attention_mask]),
+            torch.cat([mb.response_mask, ptx_batch.response_mask]),
+            mb.prompt_len,
+        )
+    else:
+        joint = mb
+    with autocast(cfg, device):
+        all_logits = response_logits(state.policy, joint)
+    logits = all_logits[: len(local)]
+    logp, entropy_tokens = F.logprobs_and_entropy(logits, mb.responses, temperature=cfg.temperature)
+    pg = F.micro_batch_policy_loss(
+        logp, ro.logp[local], ro.whitened[local], mb_mask, counts, clip_eps=cfg.clip_eps,
+        clip_eps_high=cfg.clip_eps_high, dual_clip=cfg.dual_clip, agg=cfg.loss_agg, rank_gradients="sum",
+    )  # fmt: skip
+    ent = F.micro_batch_aggregate(entropy_tokens, mb_mask, cfg.loss_agg, counts, rank_gradients="sum")
+    loss = pg - cfg.ent_coef * ent
+    ptx = torch.zeros(())
+    if ptx_idx is not None:
+        ptx_logp = F.token_logprobs(all_logits[len(local) :], ptx_batch.responses)
+        ptx_counts = F.global_normaliser(ptx_batch.response_mask)
+        ptx = -F.micro_batch_aggregate(
+            ptx_logp, ptx_batch.response_mask, "token-mean", ptx_counts, rank_gradients="sum"
+        )
+        loss = loss + cfg.ptx_coef * ptx
+    state.policy_opt.zero_grad(set_to_none=True)
+    backward(loss)
+    parallel.sum_gradients(state.policy.parameters())
+    torch.nn.utils.clip_grad_norm_(state.policy.parameters(), cfg.max_grad_norm)
+    state.policy_opt.step()
+
+    with autocast(cfg, device):
+        new_values = response_values(state.critic, mb)
+    v_loss = F.micro_batch_value_loss(
+        new_values, ro.values[local], ro.returns[local], mb_mask, counts, clip_eps=cfg.value_clip_eps,
+        agg=cfg.value_agg, rank_gradients="sum",
+    )  # fmt: skip
+    state.critic_opt.zero_grad(set_to_none=True)
+    backward(v_loss)
+    parallel.sum_gradients(state.critic.parameters())
+    torch.nn.utils.clip_grad_norm_(state.critic.parameters(), cfg.max_grad_norm)
+    state.critic_opt.step()
+
+    with torch.no_grad():
+        ratio = torch.exp(logp - ro.logp[local])
+        hi = cfg.clip_eps if cfg.clip_eps_high is None else cfg.clip_eps_high
+        adv = ro.whitened[local]
+        clipped = ((ratio > 1 + hi) & (adv > 0)) | ((ratio < 1 - cfg.clip_eps) & (adv < 0))
+        n_clipped, n_valid = float(clipped[mb_mask].sum()), float(mb_mask.sum())
+    pg_v, ent_v, ptx_v, v_v, n_clipped, n_valid = parallel.all_sum(
+        pg.detach(), ent.detach(), ptx.detach(), v_loss.detach(), n_clipped, n_valid
+    )
+    sums["policy_loss"] += pg_v
+    sums["entropy"] += ent_v
+    sums["value_loss"] += v_v
+    sums["clipfrac"] += n_clipped / n_valid
+    if ptx_idx is not None:
+        sums["ptx_loss"] += ptx_v
+    return {
+        "idx": idx,
+        "logits": parallel.all_gather_rows(logits.detach()),
+        "logp": parallel.all_gather_rows(logp.detach()),
+        "values": parallel.all_gather_rows(new_values.detach()),
+        "policy_loss": torch.tensor(pg_v),
+        "entropy": torch.tensor(ent_v),
+        "value_loss": torch.tensor(v_v),
+    }
 
 
 # --------------------------------------------------------------------------------------------------

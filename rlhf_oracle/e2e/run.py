@@ -26,6 +26,7 @@ import torch
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 from transformers.utils import logging as transformers_logging
 
+from . import parallel
 from .config import DemoConfig
 from .models import ScalarHeadModel, build_scalar_model
 from .plots import write_plots
@@ -91,6 +92,24 @@ def run_demo(cfg: DemoConfig, out: Path, *, resume: bool = False, progress: bool
     """
     t0 = time.perf_counter()
     out = Path(out)
+    joined = parallel.init_from_env()  # under torchrun: the PPO update is data-parallel (gloo)
+    rank, world = parallel.rank_and_world()
+    if world > 1:
+        for name in ("minibatch_size", "ptx_batch_size"):
+            if getattr(cfg, name) % world:
+                value = getattr(cfg, name)
+                raise ValueError(f"DemoConfig: '{name}' ({value}) must be a multiple of the {world} ranks (torchrun)")
+        if rank > 0:  # only rank 0 writes the run folder; the others keep their (identical) files aside
+            out = out / f".rank{rank}"
+            progress = False
+    try:
+        return _run_demo(cfg, out, resume=resume, progress=progress, t0=t0)
+    finally:
+        if joined:
+            parallel.destroy()
+
+
+def _run_demo(cfg: DemoConfig, out: Path, *, resume: bool, progress: bool, t0: float) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
         cfg.save(out / "config.json")

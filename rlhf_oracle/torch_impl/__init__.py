@@ -21,6 +21,7 @@ from .distributed import Normaliser as Normaliser
 from .distributed import global_normaliser as global_normaliser
 from .distributed import micro_batch_aggregate as micro_batch_aggregate
 from .distributed import micro_batch_policy_loss as micro_batch_policy_loss
+from .distributed import micro_batch_value_loss as micro_batch_value_loss
 from .kl import KL_ESTIMATORS as KL_ESTIMATORS
 from .kl import kl_estimate as kl_estimate
 from .kl import kl_exact as kl_exact
@@ -63,6 +64,7 @@ __all__ = [
     "logprobs_and_entropy",
     "micro_batch_aggregate",
     "micro_batch_policy_loss",
+    "micro_batch_value_loss",
     "policy_loss",
     "ppo_clip_grad",
     "ppo_clip_objective",

@@ -33,6 +33,7 @@ import torch.distributed as dist
 
 from . import _validation as v
 from .policy import AGGREGATION_MODES, _clip_bounds, _out_dtype, _ratio_inputs, _surrogate
+from .value import _per_token as _value_per_token
 
 RANK_GRADIENTS = ("mean", "sum")
 
@@ -192,3 +193,21 @@ def micro_batch_policy_loss(
     per_token = _surrogate(new, old, adv, low, high, c)
     share = _share(fn, per_token, m, agg, normaliser, max_tokens, rank_gradients)
     return -share.to(_out_dtype(new, old, adv))
+
+
+def micro_batch_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    normaliser: Normaliser,
+    clip_eps: float | None = 0.2,
+    agg: str = "token-mean",
+    *,
+    max_tokens: int | None = None,
+    rank_gradients: str = "mean",
+) -> torch.Tensor:
+    """This micro-batch's share of :func:`rlhf_oracle.torch_impl.value_loss` of the global batch."""
+    fn = "micro_batch_value_loss"
+    per_token, m, out_dtype, max_tokens = _value_per_token(fn, values, old_values, returns, mask, clip_eps, max_tokens)
+    return _share(fn, per_token, m, agg, normaliser, max_tokens, rank_gradients).to(out_dtype)
