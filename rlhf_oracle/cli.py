@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 EXIT_HALTED = 3
 EXIT_ORACLE = 4
@@ -174,12 +174,19 @@ def run_check_command(args: argparse.Namespace) -> int:
     return int(properties_cli.run(args))
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with every usage error on one line (``rlhf-oracle check: error: ... (see --help)``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(*, check_arguments: bool = False) -> argparse.ArgumentParser:
     """The parser; ``check``'s own arguments are added (importing the properties layer) only when asked."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="rlhf-oracle", description="A verified reference implementation and test oracle for PPO in RLHF."
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     demo = sub.add_parser(
         "demo",
         help="end-to-end miniature RLHF (SFT -> reward model -> PPO) with the float64 oracle in the loop",

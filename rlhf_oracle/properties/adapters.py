@@ -231,14 +231,27 @@ def _parse_one(spec: str) -> Adapter:
         "float_mask": float_mask,
     }
     if name in simple:
+        if arg:
+            raise ValueError(f"adapter {spec!r}: {name} takes no argument (write --adapter {name})")
         return simple[name]
     if name == "take":
+        if not arg.strip():
+            raise ValueError(f"adapter {spec!r}: write take:KEY (a key or an index of the returned tuple/dict)")
         return take(int(arg) if arg.lstrip("-").isdigit() else arg)
     if name == "rename":
-        pairs = dict(p.split("=", 1) for p in arg.split(",") if p)
-        return rename(pairs)
+        items = [p.strip() for p in arg.split(",") if p.strip()]
+        bad = [p for p in items if p.count("=") != 1 or not all(side.strip() for side in p.split("="))]
+        if not items or bad:
+            raise ValueError(
+                f"adapter {spec!r}: write rename:reference_name=your_name,... (got {', '.join(bad) or 'nothing'})"
+            )
+        return rename(dict((a.strip(), b.strip()) for a, b in (p.split("=") for p in items)))
     if name == "reorder":
-        return reorder([int(i) for i in arg.split(",")])
+        try:
+            order = [int(i) for i in arg.split(",")]
+        except ValueError:
+            raise ValueError(f"adapter {spec!r}: write reorder:i,j,... (integer positions)") from None
+        return reorder(order)
     raise ValueError(
         f"unknown adapter {spec!r}; known: first, take:KEY, negate, ratio, numpy, rename:a=b,..., reorder:i,j,..., "
         "float_mask"

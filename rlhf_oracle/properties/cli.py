@@ -19,6 +19,8 @@ import argparse
 import importlib
 import importlib.util
 import inspect
+import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -81,6 +83,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="search effort (default fast)",
     )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop the check (exit 1) if it has not finished after SECONDS, e.g. a candidate that hangs",
+    )
     parser.add_argument("--no-gradients", action="store_true", help="skip the autograd gradient property")
     parser.add_argument(
         "--ignore-masked-outputs", action="store_true", help="accept any value at masked positions of [B, T] outputs"
@@ -98,29 +107,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_target(target: str) -> Callable[..., Any]:
-    """Import ``package.module:function`` or ``path/to/file.py:function`` (dotted attributes allowed)."""
+    """Import ``package.module:function`` or ``path/to/file.py:function`` (dotted attributes allowed).
+
+    The current directory is importable (as with ``python -m``): ``my_project.losses:fn`` works from the project's
+    root without PYTHONPATH. Every failure is a ``ValueError`` with a one-line message naming the file or module.
+    """
     module_part, sep, attr = target.rpartition(":")
     if not sep or not module_part or not attr:
         raise ValueError(f"target must look like package.module:function or path/to/file.py:function, got {target!r}")
     path = Path(module_part)
-    if module_part.endswith(".py") or path.exists():
-        if not path.is_file():
-            raise ValueError(f"no such file: {module_part}")
-        name = f"_rlhf_oracle_target_{abs(hash(str(path.resolve())))}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        if spec is None or spec.loader is None:
-            raise ValueError(f"cannot import {module_part}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        sys.path.insert(0, str(path.resolve().parent))
-        try:
-            spec.loader.exec_module(module)
-        finally:
-            sys.path.remove(str(path.resolve().parent))
-    else:
-        module = importlib.import_module(module_part)
+    where = module_part
+    try:
+        if module_part.endswith(".py") or path.exists():
+            if not path.is_file():
+                raise ValueError(f"no such file: {module_part}")
+            name = f"_rlhf_oracle_target_{abs(hash(str(path.resolve())))}"
+            spec = importlib.util.spec_from_file_location(name, path)
+            if spec is None or spec.loader is None:
+                raise ValueError(f"cannot import {module_part}")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            sys.path.insert(0, str(path.resolve().parent))
+            try:
+                spec.loader.exec_module(module)
+            finally:
+                sys.path.remove(str(path.resolve().parent))
+        else:
+            if os.getcwd() not in sys.path and "" not in sys.path:
+                sys.path.insert(0, os.getcwd())
+            module = importlib.import_module(module_part)
+            where = getattr(module, "__file__", None) or module_part
+    except ValueError:
+        raise
+    except SyntaxError as exc:
+        raise ValueError(f"cannot import {module_part}: {exc.msg} ({exc.filename}, line {exc.lineno})") from None
+    except ImportError as exc:
+        raise ValueError(f"cannot import {module_part}: {exc}") from None
+    except Exception as exc:  # the module's own code failed at import
+        raise ValueError(f"importing {module_part} raised {type(exc).__name__}: {exc}") from None
     obj: Any = module
-    for part in attr.split("."):
+    for i, part in enumerate(attr.split(".")):
+        if not hasattr(obj, part):
+            owner = where if i == 0 else f"{where}:{'.'.join(attr.split('.')[:i])}"
+            raise ValueError(f"{owner} has no attribute {part!r}")
         obj = getattr(obj, part)
     if not callable(obj):
         raise ValueError(f"{target} is not callable")
@@ -138,51 +167,79 @@ def _list_formulas() -> None:
         table.add_column(col)
     for spec in REGISTRY.values():
         table.add_row(spec.id, ", ".join(spec.conventions), ", ".join(spec.differentiable), spec.equation)
-    Console().print(table)
+    # piped (not a terminal): rich would fold the table into 80 columns; give it the room it needs instead
+    Console(width=None if sys.stdout.isatty() else 240).print(table)
+
+
+def _usage(message: str) -> int:
+    """A usage error: one line on stderr, exit status 2."""
+    print(f"rlhf-oracle check: error: {message}", file=sys.stderr)
+    return 2
+
+
+class _Timeout(BaseException):  # not an Exception: the engine must not record it as the candidate raising
+    pass
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    raise _Timeout
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``rlhf-oracle check``; returns the exit status."""
+    """Run ``rlhf-oracle check``; returns the exit status (0 pass, 1 mismatch or timeout, 2 usage error)."""
     import torch
     from rich.console import Console
     from rich.table import Table
 
     from . import adapters, profiles
     from .checks import run_check
+    from .engine import validate_conventions
     from .registry import REGISTRY
 
     console = Console()
-    err = Console(stderr=True)
     if getattr(args, "list", False):
         _list_formulas()
         return 0
     if not args.target or not args.formula:
-        err.print("rlhf-oracle check: give a target (module:function or file.py:function) and --formula")
-        return 2
+        return _usage("give a target (module:function or file.py:function) and --formula")
     if args.formula not in REGISTRY:
-        err.print(f"rlhf-oracle check: unknown formula {args.formula!r}; known: {', '.join(REGISTRY)}")
-        return 2
+        return _usage(f"unknown formula {args.formula!r}; known: {', '.join(REGISTRY)}")
+    if args.max_examples is not None and args.max_examples < 1:
+        return _usage(f"--max-examples must be >= 1, got {args.max_examples}")
+    if args.timeout is not None and not args.timeout > 0:
+        return _usage(f"--timeout must be > 0 seconds, got {args.timeout}")
+    try:
+        device = torch.device(args.device)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return _usage(f"--device {args.device} is not available here: {first}")
     conventions = {k[len("conv_") :]: v for k, v in vars(args).items() if k.startswith("conv_")}
     params = inspect.signature(REGISTRY[args.formula].reference).parameters
     unknown = [k for k in conventions if k not in params]
     if unknown:
-        err.print(f"rlhf-oracle check: {args.formula} has no convention {unknown}; it takes {list(params)}")
-        return 2
+        return _usage(f"{args.formula} has no convention {unknown}; it takes {list(params)}")
+    try:
+        validate_conventions(args.formula, conventions)
+    except (ValueError, TypeError) as exc:
+        return _usage(str(exc).removeprefix(f"check_{args.formula}: "))
     try:
         candidate = load_target(args.target)
         adapter = adapters.parse(args.adapter) if args.adapter else None
     except (ValueError, ImportError, AttributeError, OSError) as exc:
-        err.print(f"rlhf-oracle check: {exc}")
-        return 2
+        return _usage(str(exc))
 
     from .report import WAIVABLE
 
     waive = [w.strip() for w in args.waive.split(",") if w.strip()]
     bad = [w for w in waive if w not in WAIVABLE]
     if bad:
-        err.print(f"rlhf-oracle check: --waive: unknown propert(y/ies) {bad}; choose from {', '.join(WAIVABLE)}")
-        return 2
+        return _usage(f"--waive: unknown propert(y/ies) {bad}; choose from {', '.join(WAIVABLE)}")
     profiles.set_active(args.profile)
+    timer = args.timeout is not None and hasattr(signal, "SIGALRM")
+    if timer:
+        previous = signal.signal(signal.SIGALRM, _on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, args.timeout)
     try:
         report = run_check(
             args.formula,
@@ -196,7 +253,17 @@ def run(args: argparse.Namespace) -> int:
             waive=waive,
             **conventions,
         )
+    except _Timeout:
+        print(
+            f"rlhf-oracle check: {args.target} did not finish within --timeout {args.timeout:g} s "
+            "(a candidate that hangs or is very slow on the drawn inputs)",
+            file=sys.stderr,
+        )
+        return 1
     finally:
+        if timer:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
         profiles.set_active(None)
 
     conv = ", ".join(f"{k}={v!r}" for k, v in conventions.items()) or "reference defaults"

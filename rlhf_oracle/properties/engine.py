@@ -546,6 +546,32 @@ def _check_conventions(spec: FormulaSpec, conventions: Mapping[str, Any]) -> Non
         raise TypeError(
             f"check_{spec.id}: unknown convention keyword(s) {unknown}; reference.{spec.id} takes {[p for p in params]}"
         )
+    if not conventions:
+        return
+    # values: the reference refuses a bad one (clip_eps=-0.1, agg="bogus") on any input; ask it on one drawn case
+    # now, so the error names the convention instead of surfacing later as a mismatch blamed on the candidate
+    try:
+        (case,) = sample_cases(spec.cases(fixed=dict(conventions)), 1)
+    except Exception as exc:  # the strategy itself could not use the value
+        raise ValueError(f"check_{spec.id}: invalid convention value(s) {dict(conventions)}: {exc}") from None
+    try:
+        spec.reference(*case.args, **case.kwargs)
+    except (ValueError, TypeError) as exc:
+        if any(repr(k) in str(exc) or f"'{k}'" in str(exc) for k in conventions):
+            raise ValueError(f"check_{spec.id}: invalid convention: {exc}") from None
+
+
+def _import_ref(fn: Any) -> str:
+    """``module:qualname`` if ``fn`` can be imported back by that name (not a lambda, a local or ``__main__``)."""
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    if not module or not qualname or module == "__main__" or "<" in qualname or module.startswith("_rlhf_oracle"):
+        return ""
+    return f"{module}:{qualname}"
+
+
+def validate_conventions(formula: str, conventions: Mapping[str, Any]) -> None:
+    """Raise (TypeError/ValueError, naming the convention) if ``conventions`` are unknown or invalid for ``formula``."""
+    _check_conventions(get(formula), conventions)
 
 
 def _check_names(arg: str, names: Iterable[str], allowed: Sequence[str]) -> tuple[str, ...]:
@@ -599,12 +625,14 @@ def run_check(
     selected = set(_check_names("properties", properties, PROPERTIES)) if properties is not None else set(PROPERTIES)
     if not gradients:
         selected.discard("gradients")
+    importable = _import_ref(candidate)
     if adapter is not None:
         candidate = compose(*adapter)(candidate) if isinstance(adapter, Sequence) else adapter(candidate)
     accepted = accepted_kwargs(candidate)
     ctx = Context(spec, candidate, accepted, dict(conventions), dtype, str(device))
     name = getattr(candidate, "__qualname__", getattr(candidate, "__name__", repr(candidate)))
-    report = CheckReport(formula, dict(conventions), dtype, str(device), name, waived=tuple(sorted(waived)))
+    report = CheckReport(formula, dict(conventions), dtype, str(device), name, waived=tuple(sorted(waived)),
+                         candidate_import=importable, accepted=accepted, adapted=adapter is not None)  # fmt: skip
     fixed = dict(conventions)
     n2 = _secondary_examples(max_examples)
     why_not = applicable(spec)

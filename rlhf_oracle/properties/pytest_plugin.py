@@ -35,12 +35,14 @@ class Oracle:
         self.profile = profile
 
     def check(self, formula: str, candidate: Callable[..., Any], **options: Any) -> Any:
+        __tracebackhide__ = True  # a failure points at the test's line, not at the oracle's internals
         from .checks import check
 
         return check(formula, candidate, **options)
 
     def run(self, formula: str, candidate: Callable[..., Any], **options: Any) -> Any:
         """Like :meth:`check` but returns the report without failing (inspect ``.passed``, ``.message()``)."""
+        __tracebackhide__ = True
         from .checks import run_check
 
         return run_check(formula, candidate, **options)
@@ -52,6 +54,7 @@ class Oracle:
             raise AttributeError(f"rlhf_oracle has no formula {formula!r}; known: {', '.join(REGISTRY)}")
 
         def run(candidate: Callable[..., Any], **options: Any) -> Any:
+            __tracebackhide__ = True
             return self.check(formula, candidate, **options)
 
         return run
@@ -81,10 +84,20 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"rlhf_oracle: profile {profiles.active()} ({profiles.active_settings().max_examples} examples/property)"
+    # every project with the package installed loads this plugin: a bad environment variable must not stop its
+    # session; only the tests that use the fixture fail, with the same one-line message
+    try:
+        name = profiles.active()
+    except ValueError as exc:
+        return f"rlhf_oracle: {exc} (tests using the rlhf_oracle fixture will fail)"
+    return f"rlhf_oracle: profile {name} ({profiles.active_settings().max_examples} examples/property)"
 
 
 @pytest.fixture
 def rlhf_oracle() -> Iterator[Oracle]:
     """Check functions against the rlhf_oracle reference: ``rlhf_oracle.check("policy_loss", fn, agg=...)``."""
-    yield Oracle(profiles.active())
+    try:
+        name = profiles.active()
+    except ValueError as exc:
+        pytest.fail(f"rlhf_oracle: {exc}", pytrace=False)
+    yield Oracle(name)

@@ -103,6 +103,12 @@ class CheckReport:
     candidate: str
     properties: list[PropertyResult] = field(default_factory=list)
     waived: tuple[str, ...] = ()
+    candidate_import: str = ""
+    """``module:qualname`` of the function checked, when importable (the reproduction snippet imports it)."""
+    accepted: frozenset[str] | None = None
+    """Keyword arguments the candidate takes (None: any); the snippet passes only those, as the check did."""
+    adapted: bool = False
+    """An adapter wrapped the candidate (the snippet calls the function itself, without it)."""
 
     @property
     def failures(self) -> list[Failure]:
@@ -139,6 +145,7 @@ class CheckReport:
         return "\n".join(lines)
 
     def raise_for_failure(self) -> CheckReport:
+        __tracebackhide__ = True
         if not self.passed:
             raise OracleMismatch(self)
         return self
@@ -169,8 +176,19 @@ def array_text(x: Any) -> str:
     return repr(x)
 
 
-def _snippet(formula: str, case: Case, refuses: bool = False) -> str:
-    lines = ["import numpy as np", "from rlhf_oracle import reference as R", ""]
+def _snippet(formula: str, case: Case, refuses: bool = False, report: CheckReport | None = None) -> str:
+    """A runnable reproduction: the inputs as NumPy literals, the reference's result and, when the report knows the
+    candidate, the candidate called on the same inputs as the torch tensors it received; prints both."""
+    lines = ["import numpy as np", "import torch", "from rlhf_oracle import reference as R"]
+    if report is not None and report.candidate_import:
+        module, _, qualname = report.candidate_import.partition(":")
+        head, _, rest = qualname.partition(".")
+        lines.append(f"from {module} import {head}" + (f"  # candidate = {qualname}" if rest else ""))
+        candidate = qualname
+    else:
+        lines.append("# candidate = ...  (the function under test: it was not importable by name)")
+        candidate = "candidate"
+    lines.append("")
     for name, value in case.named().items():
         lines.append(f"{name} = {array_text(value)}")
     call_args = ", ".join(case.arg_names)
@@ -181,6 +199,25 @@ def _snippet(formula: str, case: Case, refuses: bool = False) -> str:
                   "    expected = exc"]  # fmt: skip
     else:
         lines.append(f"expected = {call}")
+    if report is not None:
+        dtype = str(report.dtype).replace("torch.", "")
+        lines += [
+            "",
+            f"def t(a):  # the tensors the candidate received: floats as {dtype}, masks as bool, indices as int64",
+            "    if not isinstance(a, np.ndarray):",
+            "        return a",
+            f"    return torch.tensor(a, dtype=torch.{dtype}) if a.dtype.kind == 'f' else torch.tensor(a)",
+            "",
+        ]
+        accepted = report.accepted
+        cand_kw = ", ".join(f"{k}=t({k})" for k in case.kwargs if accepted is None or k in accepted)
+        args = ", ".join(f"t({n})" for n in case.arg_names)
+        note = "  # without the adapter of the check" if report.adapted else ""
+        lines += [
+            f"actual = {candidate}({args}{', ' + cand_kw if cand_kw else ''}){note}",
+            'print("expected:", expected)',
+            'print("actual:  ", actual)',
+        ]
     return "\n".join(lines)
 
 
@@ -220,5 +257,5 @@ def _format_failure(report: CheckReport, f: Failure, *, waived: bool = False) ->
         what += f"; edge case: {f.case.edge}"
     lines.append(f"  counter-example (shrunk; {what}; inputs as the candidate saw them):")
     refuses = f.kind == "accepted" or f.expected is None  # the reference raises on this input
-    lines += ["    " + ln for ln in _snippet(spec.id, f.rounded, refuses=refuses).splitlines()]
+    lines += ["    " + ln for ln in _snippet(spec.id, f.rounded, refuses=refuses, report=report).splitlines()]
     return "\n".join(lines)

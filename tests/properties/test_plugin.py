@@ -76,3 +76,31 @@ def test_the_entry_point_is_harmless_without_torch() -> None:
     import rlhf_oracle.pytest_plugin as plugin
 
     assert hasattr(plugin, "rlhf_oracle") and hasattr(plugin, "pytest_addoption")
+
+
+def test_bad_profile_variable_fails_only_the_oracle_tests(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A project with the package installed but a typo in RLHF_ORACLE_PROFILE: its session runs; only the tests
+    that use the fixture fail, with a one-line message naming the variable."""
+    monkeypatch.setenv("RLHF_ORACLE_PROFILE", "thourough")
+    pytester.makepyfile(test_user="def test_unrelated():\n    assert 1 + 1 == 2\n\n"
+                                  "def test_oracle(rlhf_oracle):\n    pass\n")  # fmt: skip
+    result = pytester.runpytest_inprocess("-q")
+    result.assert_outcomes(passed=1, errors=1)
+    out = result.stdout.str()
+    assert "RLHF_ORACLE_PROFILE='thourough' is not a profile" in out
+    assert "Traceback" not in out and "pytest_plugin.py" not in out
+
+
+def test_failure_shows_no_internal_frames_and_the_snippet_calls_the_candidate(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        mylosses="def kl(logp, logp_ref, kind='k1'):\n    return logp_ref - logp  # the sign of k1 flipped\n",
+        test_user="import mylosses\n\ndef test_kl(rlhf_oracle):\n    rlhf_oracle.kl_estimate(mylosses.kl)\n",
+    )
+    result = pytester.runpytest_inprocess("-q", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert "rlhf_oracle/properties/engine.py" not in out and "rlhf_oracle/properties/report.py" not in out
+    assert "from mylosses import kl" in out and "actual = kl(t(logp), t(logp_ref)" in out
+    assert 'print("actual:  ", actual)' in out
