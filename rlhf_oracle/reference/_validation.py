@@ -81,6 +81,13 @@ def not_empty(fn: str, mask: BoolArray) -> None:
         raise ValueError(f"{fn}: 'mask' has no valid token")
 
 
+def flag(fn: str, name: str, value: object) -> bool:
+    """A real bool: ``"no"``, ``"false"``, 0 or None are refused, not read as truthy/falsy (numpy bools pass)."""
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    raise ValueError(f"{fn}: '{name}' must be True or False, got {value!r}")
+
+
 def positive(fn: str, name: str, value: float) -> float:
     if not (np.isfinite(value) and value > 0):
         raise ValueError(f"{fn}: '{name}' must be > 0, got {value}")

@@ -96,6 +96,8 @@ def whiten(x: Any, mask: Any, shift_mean: bool = True, unbiased: bool = True, *,
         - An empty mask is an error; with ``unbiased`` a single valid token is an error (n - 1 = 0).
     """
     fn = "whiten"
+    shift_mean = v.flag(fn, "shift_mean", shift_mean)
+    unbiased = v.flag(fn, "unbiased", unbiased)
     xs = v.as_float(fn, "x", x, ndim=2, shape_doc="[B, T]")
     m = v.as_mask(fn, mask, like=xs, like_name="x")
     e = v.non_negative(fn, "eps", eps)
@@ -144,6 +146,8 @@ def grpo_advantages(
           say). ``eps=1e-6`` is verl's (TRL uses 1e-4). ``group_size >= 2``.
     """
     fn = "grpo_advantages"
+    std_normalize = v.flag(fn, "std_normalize", std_normalize)
+    unbiased = v.flag(fn, "unbiased", unbiased)
     s = v.as_float(fn, "scores", scores, ndim=1, shape_doc="[B]")
     if isinstance(group_size, bool) or not isinstance(group_size, int | np.integer) or group_size < 2:
         raise ValueError(f"{fn}: 'group_size' must be an int >= 2, got {group_size}")

@@ -151,6 +151,8 @@ def rlhf_objective(
     """
     fn = "rlhf_objective"
     s, lp, lr, m, b = _response_inputs(fn, scores, logp, logp_ref, mask, beta)
+    if lp.shape[0] == 0:  # a mean over the batch: as every reduction to a scalar, B = 0 is refused
+        raise ValueError(f"{fn}: 'logp' must have shape [B, T] with B >= 1, got {v._shape_str(lp.shape)}")
     g = v.non_negative(fn, "gamma", gamma)
 
     batch, length = lp.shape

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 
 _VALUE_CHECKS = True
@@ -132,6 +133,13 @@ def no_empty_rows(fn: str, mask: torch.Tensor, mode: str) -> None:
 def not_empty(fn: str, mask: torch.Tensor) -> None:
     if value_checks_enabled() and not bool(mask.any()):
         raise ValueError(f"{fn}: 'mask' has no valid token")
+
+
+def flag(fn: str, name: str, value: object) -> bool:
+    """A real bool: ``"no"``, ``"false"``, 0 or None are refused, not read as truthy/falsy (numpy bools pass)."""
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    raise ValueError(f"{fn}: '{name}' must be True or False, got {value!r}")
 
 
 def positive(fn: str, name: str, value: float) -> float:

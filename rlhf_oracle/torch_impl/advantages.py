@@ -160,6 +160,8 @@ def whiten(
     Shapes: ``x``, ``mask`` [B, T] -> [B, T].
     """
     fn = "whiten"
+    shift_mean = v.flag(fn, "shift_mean", shift_mean)
+    unbiased = v.flag(fn, "unbiased", unbiased)
     xs = v.as_float(fn, "x", x, ndim=2, shape_doc="[B, T]")
     m = v.as_mask(fn, mask, like=xs, like_name="x")
     e = v.non_negative(fn, "eps", eps)
@@ -200,6 +202,8 @@ def grpo_advantages(
     Shapes: ``scores`` [B] -> [B], or [B, T] with ``mask``.
     """
     fn = "grpo_advantages"
+    std_normalize = v.flag(fn, "std_normalize", std_normalize)
+    unbiased = v.flag(fn, "unbiased", unbiased)
     s = v.as_float(fn, "scores", scores, ndim=1, shape_doc="[B]")
     size = None
     if not isinstance(group_size, bool):

@@ -109,6 +109,8 @@ def rlhf_objective(
     """
     fn = "rlhf_objective"
     lp = v.as_float(fn, "logp", logp, ndim=2, shape_doc="[B, T]")
+    if lp.shape[0] == 0:  # a mean over the batch: as every reduction to a scalar, B = 0 is refused
+        raise ValueError(f"{fn}: 'logp' must have shape [B, T] with B >= 1, got {v.shape_str(lp.shape)}")
     lr = v.as_float(fn, "logp_ref", logp_ref)
     v.same_shape(fn, "logp_ref", lr, "logp", lp)
     m = v.as_mask(fn, mask, like=lp, like_name="logp")
