@@ -84,7 +84,15 @@ def config_from_args(args: argparse.Namespace) -> Any:
     names = {f.name for f in dataclasses.fields(DemoConfig)}
     values: dict[str, Any] = {}
     if args.config is not None:
-        values.update(json.loads(Path(args.config).read_text()))
+        try:
+            loaded = json.loads(Path(args.config).read_text())
+        except OSError as exc:
+            raise ValueError(f"--config {args.config}: cannot read it ({exc.strerror})") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--config {args.config}: not valid JSON ({exc})") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"--config {args.config}: expected a JSON object of DemoConfig fields")
+        values.update(loaded)
     values.update({k: v for k, v in vars(args).items() if k in names})
     return DemoConfig.from_dict(values)
 

@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import inspect
 import json
+import math
 import textwrap
 import types
 import typing
@@ -158,36 +159,103 @@ class DemoConfig:
     """Stop (as if killed) right after this PPO step of the first unfinished phase; for testing --resume."""
 
     def __post_init__(self) -> None:
-        self.betas = tuple(float(b) for b in self.betas)
+        if isinstance(self.betas, list):  # from JSON
+            self.betas = tuple(self.betas)
         self.validate()
+        self.betas = tuple(float(b) for b in self.betas)
 
     def validate(self) -> None:
-        """Raise ValueError naming the field when a value is out of range."""
+        """Raise ValueError naming the field when a value has the wrong type or is out of range (every field)."""
+        self._check_types()
+        aggs = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+        pos = ">= 1"
         checks: list[tuple[str, bool, str]] = [
+            ("device", self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")
+             or self.device == "mps", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"),
             ("dtype", self.dtype in ("float32", "bfloat16"), "one of 'float32', 'bfloat16'"),
+            ("num_threads", self.num_threads >= 1, pos),
             ("alphabet", len(set(self.alphabet)) == len(self.alphabet) >= 2, "at least 2 distinct characters"),
             ("alphabet", all(c.isalnum() for c in self.alphabet), "letters or digits only"),
-            ("prompt_len", self.prompt_len >= 1, ">= 1"),
+            ("prompt_len", self.prompt_len >= 1, pos),
             ("max_new_tokens", self.max_new_tokens >= 2, ">= 2"),
             ("demo_target_rate", 0.0 <= self.demo_target_rate <= 1.0, "in [0, 1]"),
             ("demo_min_len", 1 <= self.demo_min_len <= self.demo_max_len, "in [1, demo_max_len]"),
             ("demo_max_len", self.demo_max_len < self.max_new_tokens, "< max_new_tokens (room for EOS)"),
+            ("n_layer", self.n_layer >= 1, pos),
+            ("n_head", self.n_head >= 1, pos),
+            ("n_embd", self.n_embd >= 1 and self.n_embd % max(1, self.n_head) == 0, "a positive multiple of n_head"),
+            ("sft_examples", self.sft_examples >= 1, pos),
+            ("sft_steps", self.sft_steps >= 1, pos),
+            ("sft_batch_size", self.sft_batch_size >= 1, pos),
+            ("sft_lr", _finite(self.sft_lr) and self.sft_lr > 0, "> 0"),
+            ("rm_prompts", self.rm_prompts >= 1, pos),
             ("rm_k", self.rm_k >= 2, ">= 2"),
+            ("rm_label_noise", _finite(self.rm_label_noise) and self.rm_label_noise >= 0, ">= 0"),
+            ("rm_steps", self.rm_steps >= 1, pos),
+            ("rm_batch_size", self.rm_batch_size >= 1, pos),
+            ("rm_lr", _finite(self.rm_lr) and self.rm_lr > 0, "> 0"),
+            ("rm_eval_prompts", self.rm_eval_prompts >= 1, pos),
+            ("ppo_steps", self.ppo_steps >= 1, pos),
+            ("rollout_batch_size", self.rollout_batch_size >= 1, pos),
             ("minibatch_size", 0 < self.minibatch_size <= self.rollout_batch_size, "in [1, rollout_batch_size]"),
-            ("rollout_batch_size", self.rollout_batch_size % self.minibatch_size == 0, "a multiple of minibatch_size"),
-            ("beta", self.beta >= 0, ">= 0"),
-            ("betas", all(b >= 0 for b in self.betas), "all >= 0"),
+            ("rollout_batch_size", self.minibatch_size > 0 and self.rollout_batch_size % self.minibatch_size == 0,
+             "a multiple of minibatch_size"),
+            ("ppo_epochs", self.ppo_epochs >= 1, pos),
+            ("policy_lr", _finite(self.policy_lr) and self.policy_lr > 0, "> 0"),
+            ("critic_lr", _finite(self.critic_lr) and self.critic_lr > 0, "> 0"),
+            ("max_grad_norm", _finite(self.max_grad_norm) and self.max_grad_norm > 0, "> 0"),
+            ("temperature", _finite(self.temperature) and self.temperature > 0, "> 0"),
+            ("beta", _finite(self.beta) and self.beta >= 0, ">= 0"),
+            ("betas", all(_finite(b) and b >= 0 for b in self.betas), "all >= 0"),
+            ("target_kl", self.target_kl is None or (_finite(self.target_kl) and self.target_kl > 0), "> 0 or None"),
+            ("kl_horizon", _finite(self.kl_horizon) and self.kl_horizon > 0, "> 0"),
             ("kl_kind", self.kl_kind in ("k1", "k2", "k3"), "one of 'k1', 'k2', 'k3'"),
-            ("temperature", self.temperature > 0, "> 0"),
+            ("gamma", 0.0 <= self.gamma <= 1.0, "in [0, 1]"),
+            ("lam", 0.0 <= self.lam <= 1.0, "in [0, 1]"),
+            ("clip_eps", 0.0 < self.clip_eps < 1.0, "in (0, 1)"),
+            ("clip_eps_high", self.clip_eps_high is None or (_finite(self.clip_eps_high) and self.clip_eps_high > 0),
+             "> 0 or None"),
+            ("dual_clip", self.dual_clip is None or (_finite(self.dual_clip) and self.dual_clip > 1), "> 1 or None"),
+            ("loss_agg", self.loss_agg in aggs, f"one of {aggs}"),
+            ("value_clip_eps", self.value_clip_eps is None or _positive(self.value_clip_eps), "> 0 or None"),
+            ("value_agg", self.value_agg in aggs, f"one of {aggs}"),
+            ("ent_coef", _finite(self.ent_coef) and self.ent_coef >= 0, ">= 0"),
+            ("ptx_coef", _finite(self.ptx_coef) and self.ptx_coef >= 0, ">= 0"),
+            ("ptx_batch_size", self.ptx_batch_size >= 1, pos),
+            ("no_eos_score", self.no_eos_score is None or _finite(self.no_eos_score), "finite or None"),
+            ("eval_prompts", self.eval_prompts >= 1, pos),
             ("oracle_every", self.oracle_every >= 0, ">= 0"),
-            ("oracle_rtol", self.oracle_rtol > 0, "> 0"),
-            ("save_every", self.save_every >= 1, ">= 1"),
-            ("keep_checkpoints", self.keep_checkpoints >= 1, ">= 1"),
-            ("ppo_steps", self.ppo_steps >= 1, ">= 1"),
-        ]
+            ("oracle_rtol", _finite(self.oracle_rtol) and self.oracle_rtol > 0, "> 0"),
+            ("save_every", self.save_every >= 1, pos),
+            ("keep_checkpoints", self.keep_checkpoints >= 1, pos),
+            ("halt_after_step", self.halt_after_step is None or self.halt_after_step >= 1, ">= 1 or None"),
+        ]  # fmt: skip
         for name, ok, condition in checks:
             if not ok:
                 raise ValueError(f"DemoConfig: '{name}' must be {condition}, got {getattr(self, name)!r}")
+
+    def _check_types(self) -> None:
+        """Each field holds its annotated type (bool is not an int here; an int is accepted for a float)."""
+        for f in dataclasses.fields(self):
+            base, optional, is_tuple = field_kind(f)
+            value = getattr(self, f.name)
+            if value is None and optional:
+                continue
+            items = value if is_tuple and isinstance(value, tuple | list) else (value,)
+            if is_tuple and not isinstance(value, tuple | list):
+                ok = False
+            elif base is bool:
+                ok = all(isinstance(x, bool) for x in items)
+            elif base is int:
+                ok = all(isinstance(x, int) and not isinstance(x, bool) for x in items)
+            elif base is float:
+                ok = all(isinstance(x, int | float) and not isinstance(x, bool) for x in items)
+            else:
+                ok = all(isinstance(x, base) for x in items)
+            if not ok:
+                what = f"a tuple of {base.__name__}" if is_tuple else base.__name__
+                raise ValueError(f"DemoConfig: '{f.name}' must be {what}" + (" or None" if optional else "")
+                                 + f", got {value!r}")  # fmt: skip
 
     @property
     def phase_betas(self) -> tuple[float, ...]:
@@ -213,6 +281,14 @@ class DemoConfig:
     @classmethod
     def load(cls, path: Path) -> DemoConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _finite(x: float) -> bool:
+    return math.isfinite(x)
+
+
+def _positive(x: float) -> bool:
+    return math.isfinite(x) and x > 0
 
 
 def field_docs(cls: type = DemoConfig) -> dict[str, str]:

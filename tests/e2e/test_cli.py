@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,59 @@ def test_demo_never_imports_the_properties_layer(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(cli, "_properties_cli", broken)
     args = cli.build_parser(check_arguments=False).parse_args(["demo", "--seed", "1"])
     assert cli.config_from_args(args).seed == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("sft_lr", -1.0, "'sft_lr' must be > 0"),
+        ("rm_lr", 0.0, "'rm_lr' must be > 0"),
+        ("policy_lr", float("nan"), "'policy_lr' must be > 0"),
+        ("critic_lr", -1e-3, "'critic_lr' must be > 0"),
+        ("gamma", 1.5, "'gamma' must be in [0, 1]"),
+        ("lam", -0.1, "'lam' must be in [0, 1]"),
+        ("clip_eps", 0.0, "'clip_eps' must be in (0, 1)"),
+        ("dual_clip", 0.5, "'dual_clip' must be > 1 or None"),
+        ("loss_agg", "bogus", "'loss_agg' must be one of"),
+        ("value_agg", "mean", "'value_agg' must be one of"),
+        ("max_grad_norm", 0.0, "'max_grad_norm' must be > 0"),
+        ("n_head", 3, "'n_embd' must be a positive multiple of n_head"),
+        ("num_threads", 0, "'num_threads' must be >= 1"),
+        ("minibatch_size", 0, "'minibatch_size' must be in [1, rollout_batch_size]"),
+        ("sft_steps", 0, "'sft_steps' must be >= 1"),
+        ("rm_steps", 0, "'rm_steps' must be >= 1"),
+        ("ppo_epochs", 0, "'ppo_epochs' must be >= 1"),
+        ("target_kl", 0.0, "'target_kl' must be > 0 or None"),
+        ("whiten_advantages", "no", "'whiten_advantages' must be bool"),
+        ("ppo_steps", 2.5, "'ppo_steps' must be int"),
+        ("seed", True, "'seed' must be int"),
+    ],
+)
+def test_every_field_is_validated_before_any_work(field: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=r"^DemoConfig: " + re.escape(message)):
+        DemoConfig(**{field: value})
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{bad json", "not valid JSON"),
+        ("[1, 2]", "expected a JSON object of DemoConfig fields"),
+        ('{"sft_lr": -1}', "DemoConfig: 'sft_lr' must be > 0, got -1"),
+        ('{"no_such_field": 1}', "DemoConfig: unknown field(s) ['no_such_field']"),
+    ],
+)
+def test_bad_config_files_are_one_line_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, message: str
+) -> None:
+    path = tmp_path / "c.json"
+    path.write_text(content)
+    assert cli.main(["demo", "--config", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["demo", "--config", str(tmp_path / "nope.json")]) == 2
+    assert "cannot read it (No such file or directory)" in capsys.readouterr().err
