@@ -176,16 +176,16 @@ def ppo_step(
     corpus: SFTCorpus,
     device: torch.device,
     *,
-    phase_index: int,
+    phase_key: int,
     oracle_settings: O.OracleSettings | None,
 ) -> dict[str, Any]:
     """Run PPO iteration ``state.step + 1`` in place; returns its metrics."""
     step = state.step + 1
     # Every random draw of this step comes from streams seeded by (seed, phase, step): a resumed run replays them.
-    step_seed = derive_seed(cfg.seed, PPO_STREAM, phase_index, step)
+    step_seed = derive_seed(cfg.seed, PPO_STREAM, phase_key, step)
     torch.manual_seed(step_seed)
     gen = torch.Generator().manual_seed(step_seed)
-    prompts = task.sample_prompts(cfg.rollout_batch_size, numpy_rng(cfg.seed, PPO_STREAM, phase_index, step))
+    prompts = task.sample_prompts(cfg.rollout_batch_size, numpy_rng(cfg.seed, PPO_STREAM, phase_key, step))
 
     ro = rollout(cfg, state, ref, rm, task, tok, prompts, device)
     mask = ro.batch.response_mask
@@ -547,7 +547,7 @@ def run_ppo_phase(
     cfg: DemoConfig,
     *,
     beta0: float,
-    phase_index: int,
+    phase_key: int,
     phase_dir: Path,
     sft_policy: GPT2LMHeadModel,
     rm: ScalarHeadModel,
@@ -559,7 +559,7 @@ def run_ppo_phase(
 ) -> tuple[GPT2LMHeadModel, list[dict[str, Any]]]:
     """Train one PPO phase (resuming from its last checkpoint if any); returns the policy and all step metrics."""
     phase_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(derive_seed(cfg.seed, PPO_STREAM, phase_index, 0))
+    torch.manual_seed(derive_seed(cfg.seed, PPO_STREAM, phase_key, 0))
     ref = sft_policy
     ref.requires_grad_(False)
     policy = copy.deepcopy(sft_policy).requires_grad_(True)
@@ -603,7 +603,7 @@ def run_ppo_phase(
     with metrics_path.open("a") as f:
         while state.step < cfg.ppo_steps:
             m = ppo_step(
-                cfg, state, ref, rm, task, tok, corpus, device, phase_index=phase_index, oracle_settings=settings
+                cfg, state, ref, rm, task, tok, corpus, device, phase_key=phase_key, oracle_settings=settings
             )
             history.append(m)
             f.write(json.dumps(m) + "\n")

@@ -32,7 +32,7 @@ from .models import ScalarHeadModel, build_scalar_model
 from .plots import write_plots
 from .ppo import evaluate, phase_dirname, read_metrics, run_ppo_phase
 from .reward_model import train_reward_model
-from .runtime import resolve_device, torch_settings
+from .runtime import phase_key, resolve_device, torch_settings
 from .sft import build_corpus, train_sft
 from .task import LetterRepeatTask
 from .tokenizer import build_tokenizer
@@ -137,7 +137,7 @@ def _run_pipeline(
     phases: dict[float, list[dict[str, Any]]] = {}
     finals: dict[float, dict[str, Any]] = {}
     phase_summaries = []
-    for i, beta0 in enumerate(cfg.phase_betas):
+    for beta0 in cfg.phase_betas:
         phase_dir = out / phase_dirname(beta0)
         summary_path = phase_dir / "summary.json"
         if summary_path.exists():  # finished in an earlier invocation
@@ -147,7 +147,7 @@ def _run_pipeline(
             policy, history = run_ppo_phase(
                 cfg,
                 beta0=beta0,
-                phase_index=i,
+                phase_key=phase_key(beta0),
                 phase_dir=phase_dir,
                 sft_policy=sft_policy,
                 rm=rm,

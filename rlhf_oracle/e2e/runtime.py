@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import random
 from collections.abc import Iterator
@@ -65,6 +66,13 @@ def derive_seed(seed: int, *parts: int) -> int:
     """A seed for a sub-stream (a phase, a step) that depends only on the run seed and the parts."""
     ss = np.random.SeedSequence([seed % 2**32, *parts])
     return int(ss.generate_state(1, dtype=np.uint32)[0])
+
+
+def phase_key(beta0: float) -> int:
+    """The seed part of a PPO phase: a function of its own setting (the initial beta), not of its place in the
+    list, so that ``--betas 0.1`` and ``--betas 0,0.1`` give the 0.1 phase the same random draws."""
+    digest = hashlib.sha256(repr(float(beta0)).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
 
 
 def numpy_rng(seed: int, *parts: int) -> np.random.Generator:

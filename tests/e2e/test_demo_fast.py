@@ -122,3 +122,15 @@ def test_the_demo_leaves_process_wide_torch_settings_as_it_found_them() -> None:
     assert torch.tensor([1e-310], dtype=torch.float64).item() == 1e-310
     assert torch.get_num_threads() == threads
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_a_phase_does_not_depend_on_the_other_betas_in_the_list(
+    runs: tuple[Path, Path], tmp_path: Path, tiny: dict[str, Any]
+) -> None:
+    """The 0.1 phase of ``--betas 0.1,0`` (the fixture's full run) and of ``--betas 0.1`` alone, and the 0 phase of
+    ``--betas 0.1,0`` and of ``--betas 0`` alone: byte-identical metrics (each phase is seeded from its own beta)."""
+    full, _ = runs
+    for beta, name in ((0.0, "ppo_beta0"), (0.1, "ppo_beta0.1")):
+        alone = tmp_path / f"alone_{name}"
+        assert _demo(alone, {**tiny, "betas": [beta]}) == 0
+        assert (alone / name / "metrics.jsonl").read_text() == (full / name / "metrics.jsonl").read_text(), name
