@@ -1,15 +1,21 @@
-"""The oracle in the loop: recompute a PPO step with the float64 NumPy reference and compare.
+"""The oracle in the loop: record every ``rlhf_oracle.torch_impl`` call of a PPO step, replay it in float64.
 
-Every ``oracle_every`` PPO steps the training loop hands this module the tensors of that step (the inputs each
-``rlhf_oracle.torch_impl`` call received and what it returned), converted with ``.detach().double().cpu().numpy()``.
-The oracle feeds the same inputs, with the same keyword arguments, to the ``rlhf_oracle.reference`` twin and measures
-the discrepancy of each quantity:
+The training loop never calls ``rlhf_oracle.torch_impl`` directly: it calls :data:`F`, a :class:`Recorder` that
+stands for the module (same functions, same results). On the steps the oracle checks (every ``oracle_every``),
+the recorder keeps each call's inputs and outputs as float64 NumPy arrays: the rollout's log-probs, KL estimate,
+shaped rewards, GAE and whitening, every minibatch's policy loss, entropy, ptx and value loss, the diagnostics'
+KL estimates and aggregates, the adaptive-KL update. The oracle then replays each call with the
+``rlhf_oracle.reference`` function of the same name (the API contract gives both the same signature and
+keywords) and measures the discrepancy of each output:
 
     discrepancy = max_i |torch_i - reference_i| / max(scale, tiny)
 
-a normwise relative error in the infinity norm. ``scale`` is ``max_i |reference_i|`` for per-token arrays, and for a
-scalar loss the mean magnitude of the terms it averages (so that cancellation in a loss near 0 does not inflate the
-error: float32 summation error is bounded relative to the sum of |terms|, not to the sum).
+a normwise relative error in the infinity norm, over the valid positions when the call has a ``mask`` of the
+output's shape. ``scale`` is ``max_i |reference_i|`` for arrays; for a scalar it is the mean magnitude of the terms
+it averages (``policy_loss``: mean |ratio A|; ``aggregate``: the aggregate of |values|), so that cancellation in a
+value near 0 does not inflate the error (float32 summation error is bounded relative to the sum of |terms|).
+There is no second copy of the loop's arithmetic: whatever the loop computes, with whatever keywords, is what is
+replayed. Calls without a reference twin (the data-parallel shares, the normaliser's counts) are not replayed.
 
 Tolerance (``DemoConfig.oracle_rtol``, default 1e-4): the inputs are identical, so the only difference is float32
 arithmetic. Unit roundoff is 2^-24 ~ 6e-8; the longest accumulations are the GAE recursion over at most
@@ -21,30 +27,20 @@ wrong gamma/lambda changes rewards or advantages by O(1).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextlib
+import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from rlhf_oracle import reference as R
+from rlhf_oracle import torch_impl
 
 # Smallest scale a discrepancy is measured against: below it the comparison is absolute.
 TINY = 1e-12
-
-QUANTITIES = (
-    "logprobs",
-    "ref_logprobs",
-    "kl",
-    "rewards",
-    "advantages",
-    "returns",
-    "whitened_advantages",
-    "policy_loss",
-    "entropy",
-    "value_loss",
-    "beta",
-)
-"""Every quantity the oracle checks, in the order it reports them (a corrupted upstream quantity is named first)."""
 
 
 class OracleDivergenceError(RuntimeError):
@@ -65,11 +61,18 @@ class OracleDivergenceError(RuntimeError):
         super().__init__(msg)
 
 
-def to_numpy(x: Any) -> np.ndarray:
-    """``.detach().double().cpu().numpy()`` for tensors; NumPy float64 for anything else."""
-    if hasattr(x, "detach"):
-        return np.asarray(x.detach().double().cpu().numpy())
-    return np.asarray(x, dtype=np.float64)
+def to_numpy(x: Any) -> Any:
+    """Tensors as NumPy (floats as float64, bools and integers kept); tuples/lists/dicts element-wise."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach().cpu()
+        return t.double().numpy() if t.is_floating_point() else t.numpy()
+    if isinstance(x, tuple) and hasattr(x, "_fields"):  # a NamedTuple result (GAEResult)
+        return tuple(to_numpy(v) for v in x)
+    if isinstance(x, tuple | list):
+        return type(x)(to_numpy(v) for v in x)
+    if isinstance(x, dict):
+        return {k: to_numpy(v) for k, v in x.items()}
+    return x
 
 
 def discrepancy(actual: Any, expected: Any, scale: float | None = None) -> float:
@@ -84,139 +87,129 @@ def discrepancy(actual: Any, expected: Any, scale: float | None = None) -> float
     return float(np.max(np.abs(a - e))) / max(s, TINY) if a.size else 0.0
 
 
-@dataclass
-class StepRecord:
-    """What the torch loop computed at one PPO step, as float64 NumPy arrays (see :func:`to_numpy`).
-
-    Rollout (whole batch, [B, L] unless noted): ``logits`` [B, L, V] and ``ref_logits`` the policy's and the
-    reference's; ``responses`` (ids), ``mask``; ``scores`` [B]; ``values``; the torch outputs ``logp``, ``logp_ref``,
-    ``kl`` (per token, ``kl_kind``), ``rewards``, ``advantages``, ``returns``, ``whitened`` (what the policy loss used).
-    Minibatch (the last of the step): ``mb_*`` inputs and the torch ``policy_loss``, ``entropy``, ``value_loss``.
-    Controller: ``beta`` before and ``beta_next`` after its update, fed ``kl_sum`` (None when beta is fixed).
-    """
-
-    logits: np.ndarray
-    ref_logits: np.ndarray
-    responses: np.ndarray
-    mask: np.ndarray
-    scores: np.ndarray
-    values: np.ndarray
-    logp: np.ndarray
-    logp_ref: np.ndarray
-    kl: np.ndarray
-    rewards: np.ndarray
-    advantages: np.ndarray
-    returns: np.ndarray
-    whitened: np.ndarray
-    mb_logits: np.ndarray
-    mb_logp: np.ndarray
-    mb_logp_old: np.ndarray
-    mb_advantages: np.ndarray
-    mb_mask: np.ndarray
-    mb_values: np.ndarray
-    mb_old_values: np.ndarray
-    mb_returns: np.ndarray
-    policy_loss: float
-    entropy: float
-    value_loss: float
-    beta: float
-    beta_next: float | None
-    kl_sum: float
-    n_episodes: int
-    extra: dict[str, Any] = field(default_factory=dict)
+# ---- the recorder
 
 
-@dataclass
-class OracleSettings:
-    """The keyword arguments the torch loop passed; the reference gets exactly the same."""
+@dataclass(frozen=True)
+class Call:
+    """One recorded call: the function's name, its inputs and its outputs as NumPy (see :func:`to_numpy`)."""
 
-    temperature: float
-    kl_kind: str
-    gamma: float
-    lam: float
-    whiten_advantages: bool
-    whiten_unbiased: bool
-    clip_eps: float
-    clip_eps_high: float | None
-    dual_clip: float | None
-    loss_agg: str
-    value_clip_eps: float | None
-    value_agg: str
-    target_kl: float | None
-    kl_horizon: float
-    rtol: float
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    output: Any
 
 
-def reference_step(rec: StepRecord, s: OracleSettings) -> dict[str, Any]:
-    """Every checked quantity recomputed by ``rlhf_oracle.reference`` from the record's inputs."""
-    out: dict[str, Any] = {}
-    tokens = rec.responses.astype(np.int64)
-    out["logprobs"] = R.token_logprobs(rec.logits, tokens, temperature=s.temperature)
-    out["ref_logprobs"] = R.token_logprobs(rec.ref_logits, tokens, temperature=s.temperature)
-    m = rec.mask.astype(bool)
-    out["kl"] = np.where(m, R.kl_estimate(rec.logp, rec.logp_ref, s.kl_kind), 0.0)
-    out["rewards"] = R.kl_shaped_rewards(
-        rec.scores, rec.logp, rec.logp_ref, m, rec.beta, kind=s.kl_kind, score_position="last"
-    )
-    adv, ret = R.gae(rec.rewards, rec.values, m, gamma=s.gamma, lam=s.lam)
-    out["advantages"], out["returns"] = adv, ret
-    if s.whiten_advantages:
-        out["whitened_advantages"] = R.whiten(rec.advantages, m, shift_mean=True, unbiased=s.whiten_unbiased)
-    else:
-        out["whitened_advantages"] = np.where(m, rec.advantages, 0.0)
-    mb_m = rec.mb_mask.astype(bool)
-    out["policy_loss"] = R.policy_loss(
-        rec.mb_logp,
-        rec.mb_logp_old,
-        rec.mb_advantages,
-        mb_m,
-        clip_eps=s.clip_eps,
-        clip_eps_high=s.clip_eps_high,
-        dual_clip=s.dual_clip,
-        agg=s.loss_agg,
-    )
-    out["entropy"] = R.aggregate(R.entropy_from_logits(rec.mb_logits, temperature=s.temperature), mb_m, s.loss_agg)
-    out["value_loss"] = R.value_loss(
-        rec.mb_values, rec.mb_old_values, rec.mb_returns, mb_m, clip_eps=s.value_clip_eps, agg=s.value_agg
-    )
-    if rec.beta_next is not None and s.target_kl is not None:
-        out["beta"] = R.adaptive_kl_update(rec.beta, rec.kl_sum, s.target_kl, rec.n_episodes, s.kl_horizon)
-    return out
+class Recorder:
+    """Stands for ``rlhf_oracle.torch_impl``: attribute access returns the twin's function (constants and classes
+    unchanged); while :meth:`recording`, every function call is also kept as a :class:`Call`."""
+
+    def __init__(self, module: Any = torch_impl) -> None:
+        self._module = module
+        self._calls: list[Call] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._module, name)
+        if not callable(target) or isinstance(target, type):
+            return target
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            out = target(*args, **kwargs)
+            if self._calls is not None:
+                self._calls.append(Call(name, to_numpy(args), to_numpy(kwargs), to_numpy(out)))
+            return out
+
+        call.__name__ = call.__qualname__ = name
+        call.__doc__ = target.__doc__
+        return call
+
+    @contextlib.contextmanager
+    def recording(self, enabled: bool = True) -> Iterator[list[Call]]:
+        """Record the calls made inside the block (into the yielded list) when ``enabled``."""
+        calls: list[Call] = []
+        previous = self._calls
+        self._calls = calls if enabled else None
+        try:
+            yield calls
+        finally:
+            self._calls = previous
 
 
-def _loss_scale(rec: StepRecord, s: OracleSettings) -> float:
-    """Mean |term| of the policy loss: |ratio * A| over the minibatch's valid tokens."""
-    m = rec.mb_mask.astype(bool)
-    ratio = np.exp(np.clip(rec.mb_logp - rec.mb_logp_old, -50.0, 50.0))
-    return float(np.mean(np.abs(ratio * rec.mb_advantages)[m]))
+F = Recorder()
+"""What the training loop calls instead of ``rlhf_oracle.torch_impl``."""
 
 
-def check_step(step: int, rec: StepRecord, s: OracleSettings) -> dict[str, float]:
-    """Discrepancy of every quantity; raises :class:`OracleDivergenceError` naming those above ``s.rtol``."""
-    ref = reference_step(rec, s)
-    torch_out: dict[str, Any] = {
-        "logprobs": np.where(rec.mask.astype(bool), rec.logp, 0.0),
-        "ref_logprobs": np.where(rec.mask.astype(bool), rec.logp_ref, 0.0),
-        "kl": np.where(rec.mask.astype(bool), rec.kl, 0.0),
-        "rewards": rec.rewards,
-        "advantages": rec.advantages,
-        "returns": rec.returns,
-        "whitened_advantages": rec.whitened,
-        "policy_loss": rec.policy_loss,
-        "entropy": rec.entropy,
-        "value_loss": rec.value_loss,
-        "beta": rec.beta_next,
-    }
-    m = rec.mask.astype(bool)
-    ref["logprobs"] = np.where(m, ref["logprobs"], 0.0)
-    ref["ref_logprobs"] = np.where(m, ref["ref_logprobs"], 0.0)
-    scales: dict[str, float | None] = {"policy_loss": _loss_scale(rec, s)}
+# ---- the replay
+
+
+def _both(logits: Any, tokens: Any, **kw: Any) -> tuple[Any, Any]:
+    return R.token_logprobs(logits, tokens, **kw), R.entropy_from_logits(logits, **kw)
+
+
+COMPOSITES: dict[str, Callable[..., Any]] = {"logprobs_and_entropy": _both}
+"""Twin functions that combine several reference functions (replayed as that combination)."""
+
+
+def reference_of(name: str) -> Callable[..., Any] | None:
+    """The reference function a recorded call is replayed with (None: no reference twin, not replayed)."""
+    if name in COMPOSITES:
+        return COMPOSITES[name]
+    fn = getattr(R, name, None)
+    return fn if callable(fn) and not isinstance(fn, type) else None
+
+
+def _named(name: str, call: Call) -> dict[str, Any]:
+    signature = inspect.signature(getattr(torch_impl, name))
+    return dict(signature.bind_partial(*call.args, **call.kwargs).arguments)
+
+
+def _scalar_scale(call: Call, inputs: dict[str, Any], expected: float) -> float:
+    """The mean magnitude of the terms a scalar averages (see the module docstring)."""
+    if call.name == "policy_loss":
+        m = np.asarray(inputs["mask"], dtype=bool)
+        ratio = np.exp(np.clip(inputs["logp"] - inputs["logp_old"], -50.0, 50.0))
+        return float(np.mean(np.abs(ratio * inputs["advantages"])[m])) if m.any() else abs(expected)
+    if call.name == "aggregate":
+        mode = inputs.get("mode", "seq-mean-token-mean")
+        return float(R.aggregate(np.abs(inputs["values"]), inputs["mask"], mode))
+    return abs(expected)
+
+
+def _outputs(x: Any) -> list[Any]:
+    return list(x) if isinstance(x, tuple | list) else [x]
+
+
+def replay(call: Call) -> float | None:
+    """The discrepancy of one call against its reference (None when it has no reference twin)."""
+    reference = reference_of(call.name)
+    if reference is None:
+        return None
+    try:
+        expected = reference(*call.args, **call.kwargs)
+    except (ValueError, TypeError, ZeroDivisionError):  # the reference refuses what the twin accepted
+        return float("inf")
+    inputs = _named(call.name, call)
+    mask = inputs.get("mask")
+    worst = 0.0
+    for actual, exp in zip(_outputs(call.output), _outputs(to_numpy(expected)), strict=True):
+        a, e = np.asarray(actual, dtype=np.float64), np.asarray(exp, dtype=np.float64)
+        if mask is not None and np.shape(mask) == a.shape:
+            m = np.asarray(mask, dtype=bool)
+            a, e = a[m], e[m]
+        scale = _scalar_scale(call, inputs, float(e)) if a.ndim == 0 else None
+        worst = max(worst, discrepancy(a, e, scale))
+    return worst
+
+
+def check_calls(step: int, calls: list[Call], rtol: float) -> dict[str, float]:
+    """Replay every recorded call; the worst discrepancy per function, in the order first called. Raises
+    :class:`OracleDivergenceError` naming the functions above ``rtol`` (the first diverging call first)."""
     result: dict[str, float] = {}
-    for q in QUANTITIES:
-        if q not in ref:
-            continue
-        result[q] = discrepancy(torch_out[q], ref[q], scales.get(q))
-    diverged = {q: d for q, d in result.items() if not d <= s.rtol}
+    for call in calls:
+        d = replay(call)
+        if d is not None:
+            result[call.name] = max(result.get(call.name, 0.0), d)
+    diverged = {q: d for q, d in result.items() if not d <= rtol}
     if diverged:
-        raise OracleDivergenceError(step, diverged, s.rtol)
+        raise OracleDivergenceError(step, diverged, rtol)
     return result

@@ -18,7 +18,6 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
-    "all_gather_rows",
     "all_sum",
     "broadcast",
     "destroy",
@@ -84,13 +83,3 @@ def all_sum(*values: float | torch.Tensor) -> list[float]:
     if rank_and_world()[1] > 1:
         dist.all_reduce(t)
     return [float(x) for x in t]
-
-
-def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
-    """The ranks' tensors concatenated along dim 0 in rank order (every rank holds the same number of rows)."""
-    world = rank_and_world()[1]
-    if world == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(world)]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)

@@ -41,8 +41,6 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from rlhf_oracle import torch_impl as F
-
 from . import oracle as O
 from . import parallel
 from .config import DemoConfig
@@ -56,6 +54,7 @@ from .models import (
     sample_responses,
     sequence_scores,
 )
+from .oracle import F  # rlhf_oracle.torch_impl, recorded for the oracle
 from .runtime import autocast, backward, derive_seed, eval_mode, numpy_rng, rng_state, set_rng_state
 from .sft import SFTCorpus
 from .task import LetterRepeatTask
@@ -177,9 +176,38 @@ def ppo_step(
     device: torch.device,
     *,
     phase_key: int,
-    oracle_settings: O.OracleSettings | None,
+    oracle_rtol: float | None,
 ) -> dict[str, Any]:
-    """Run PPO iteration ``state.step + 1`` in place; returns its metrics."""
+    """Run PPO iteration ``state.step + 1`` in place; returns its metrics.
+
+    On the steps the oracle checks, every ``torch_impl`` call of the step is recorded and replayed in float64 by
+    the reference (:mod:`rlhf_oracle.e2e.oracle`); a discrepancy above ``oracle_rtol`` stops the run.
+    """
+    step = state.step + 1
+    check = oracle_rtol is not None and cfg.oracle_every > 0 and step % cfg.oracle_every == 0
+    with F.recording(check) as calls:
+        metrics = _run_step(cfg, state, ref, rm, task, tok, corpus, device, phase_key=phase_key)
+    if check:
+        assert oracle_rtol is not None
+        discrepancies = O.check_calls(step, calls, oracle_rtol)
+        metrics["oracle"] = discrepancies
+        metrics["oracle_max"] = max(discrepancies.values())
+    return metrics
+
+
+def _run_step(
+    cfg: DemoConfig,
+    state: PPOState,
+    ref: GPT2LMHeadModel,
+    rm: ScalarHeadModel,
+    task: LetterRepeatTask,
+    tok: PreTrainedTokenizerFast,
+    corpus: SFTCorpus,
+    device: torch.device,
+    *,
+    phase_key: int,
+) -> dict[str, Any]:
+    """PPO iteration ``state.step + 1`` in place (the oracle aside); returns its metrics."""
     step = state.step + 1
     # Every random draw of this step comes from streams seeded by (seed, phase, step): a resumed run replays them.
     step_seed = derive_seed(cfg.seed, PPO_STREAM, phase_key, step)
@@ -194,7 +222,6 @@ def ppo_step(
 
     sums: dict[str, float] = {k: 0.0 for k in ("policy_loss", "value_loss", "entropy", "ptx_loss", "clipfrac")}
     n_updates = 0
-    last: dict[str, Any] = {}
     state.policy.train()
     state.critic.train()
     world = parallel.rank_and_world()[1]
@@ -205,7 +232,7 @@ def ppo_step(
                 ptx_idx = None
                 if cfg.ptx_coef > 0:
                     ptx_idx = torch.randint(0, n_corpus, (cfg.ptx_batch_size,), generator=gen).to(device)
-                last = _data_parallel_update(cfg, state, ro, corpus, idx, ptx_idx, device, sums)
+                _data_parallel_update(cfg, state, ro, corpus, idx, ptx_idx, device, sums)
                 n_updates += 1
                 continue
             mb = ro.batch.select(idx)
@@ -271,15 +298,6 @@ def ppo_step(
             sums["value_loss"] += float(v_loss.detach())
             sums["entropy"] += float(entropy.detach())
             n_updates += 1
-            last = {
-                "idx": idx,
-                "logits": logits.detach(),
-                "logp": logp.detach(),
-                "values": new_values.detach(),
-                "policy_loss": pg_loss.detach(),
-                "entropy": entropy.detach(),
-                "value_loss": v_loss.detach(),
-            }
     state.policy.train(False)
     state.critic.train(False)
 
@@ -294,8 +312,10 @@ def ppo_step(
     kl_sum = float(F.aggregate(kl_k1, mask, "seq-mean-token-sum"))
     kl_token = float(F.aggregate(kl_k1, mask, "token-mean"))
     beta_used = state.beta
-    if state.kl_ctl is not None:
-        state.beta = float(state.kl_ctl.update(kl_sum, n))
+    if state.kl_ctl is not None:  # the controller's update, called through F so that the oracle replays it
+        ctl = state.kl_ctl
+        ctl.value = F.adaptive_kl_update(ctl.value, kl_sum, ctl.target, n, ctl.horizon)
+        state.beta = float(ctl.value)
 
     ret = ro.returns[mask]
     explained_var = float(1.0 - torch.var(ret - ro.values[mask]) / torch.var(ret).clamp_min(1e-12))
@@ -318,41 +338,6 @@ def ppo_step(
         "eos_rate": float((ro.batch.responses == tok.eos_token_id).any(dim=1).float().mean()),
     }
 
-    if oracle_settings is not None and cfg.oracle_every > 0 and step % cfg.oracle_every == 0:
-        idx = last["idx"]
-        rec = O.StepRecord(
-            logits=O.to_numpy(ro.logits),
-            ref_logits=O.to_numpy(ro.ref_logits),
-            responses=ro.batch.responses.cpu().numpy(),
-            mask=mask.cpu().numpy(),
-            scores=O.to_numpy(ro.scores),
-            values=O.to_numpy(ro.values),
-            logp=O.to_numpy(ro.logp),
-            logp_ref=O.to_numpy(ro.logp_ref),
-            kl=O.to_numpy(ro.kl),
-            rewards=O.to_numpy(ro.rewards),
-            advantages=O.to_numpy(ro.advantages),
-            returns=O.to_numpy(ro.returns),
-            whitened=O.to_numpy(ro.whitened),
-            mb_logits=O.to_numpy(last["logits"]),
-            mb_logp=O.to_numpy(last["logp"]),
-            mb_logp_old=O.to_numpy(ro.logp[idx]),
-            mb_advantages=O.to_numpy(ro.whitened[idx]),
-            mb_mask=mask[idx].cpu().numpy(),
-            mb_values=O.to_numpy(last["values"]),
-            mb_old_values=O.to_numpy(ro.values[idx]),
-            mb_returns=O.to_numpy(ro.returns[idx]),
-            policy_loss=float(last["policy_loss"]),
-            entropy=float(last["entropy"]),
-            value_loss=float(last["value_loss"]),
-            beta=beta_used,
-            beta_next=state.beta if state.kl_ctl is not None else None,
-            kl_sum=kl_sum,
-            n_episodes=n,
-        )
-        discrepancies = O.check_step(step, rec, oracle_settings)
-        metrics["oracle"] = discrepancies
-        metrics["oracle_max"] = max(discrepancies.values())
     state.step = step
     return metrics
 
@@ -366,12 +351,12 @@ def _data_parallel_update(
     ptx_idx: torch.Tensor | None,
     device: torch.device,
     sums: dict[str, float],
-) -> dict[str, Any]:
+) -> None:
     """One minibatch update with its rows split over the ranks (see :mod:`rlhf_oracle.e2e.parallel`).
 
     Each rank's losses are its shares of the minibatch's global losses (global token and sequence counts,
     all-reduced), the gradients are summed over the ranks, then clipped and applied as in the single-process
-    update. Adds the global loss values to ``sums``; returns the minibatch's tensors gathered from all ranks.
+    update. Adds the global loss values to ``sums``.
     """
     mask = ro.batch.response_mask
     local = parallel.shard(idx)
@@ -439,15 +424,6 @@ def _data_parallel_update(
     sums["clipfrac"] += n_clipped / n_valid
     if ptx_idx is not None:
         sums["ptx_loss"] += ptx_v
-    return {
-        "idx": idx,
-        "logits": parallel.all_gather_rows(logits.detach()),
-        "logp": parallel.all_gather_rows(logp.detach()),
-        "values": parallel.all_gather_rows(new_values.detach()),
-        "policy_loss": torch.tensor(pg_v),
-        "entropy": torch.tensor(ent_v),
-        "value_loss": torch.tensor(v_v),
-    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -582,28 +558,11 @@ def run_ppo_phase(
     history = [m for m in read_metrics(metrics_path) if m["step"] <= state.step]
     metrics_path.write_text("".join(json.dumps(m) + "\n" for m in history))
 
-    settings = O.OracleSettings(
-        temperature=cfg.temperature,
-        kl_kind=cfg.kl_kind,
-        gamma=cfg.gamma,
-        lam=cfg.lam,
-        whiten_advantages=cfg.whiten_advantages,
-        whiten_unbiased=cfg.whiten_unbiased,
-        clip_eps=cfg.clip_eps,
-        clip_eps_high=cfg.clip_eps_high,
-        dual_clip=cfg.dual_clip,
-        loss_agg=cfg.loss_agg,
-        value_clip_eps=cfg.value_clip_eps,
-        value_agg=cfg.value_agg,
-        target_kl=cfg.target_kl,
-        kl_horizon=cfg.kl_horizon,
-        rtol=cfg.oracle_rtol,
-    )
     bar = tqdm(total=cfg.ppo_steps, initial=state.step, desc=f"PPO beta={beta0:g}", disable=not progress, leave=False)
     with metrics_path.open("a") as f:
         while state.step < cfg.ppo_steps:
             m = ppo_step(
-                cfg, state, ref, rm, task, tok, corpus, device, phase_key=phase_key, oracle_settings=settings
+                cfg, state, ref, rm, task, tok, corpus, device, phase_key=phase_key, oracle_rtol=cfg.oracle_rtol
             )
             history.append(m)
             f.write(json.dumps(m) + "\n")

@@ -90,6 +90,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="stop the check (exit 1) if it has not finished after SECONDS, e.g. a candidate that hangs",
     )
+    parser.add_argument(
+        "--mask-layout",
+        choices=("any", "contiguous", "right", "left"),
+        default="any",
+        help="the masks your trainer produces: any (default: with holes, as multi-turn masks), contiguous (one "
+        "span per row), right (right-padded), left (left-padded)",
+    )
     parser.add_argument("--no-gradients", action="store_true", help="skip the autograd gradient property")
     parser.add_argument(
         "--ignore-masked-outputs", action="store_true", help="accept any value at masked positions of [B, T] outputs"
@@ -251,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
             gradients=not args.no_gradients,
             ignore_masked_outputs=args.ignore_masked_outputs,
             waive=waive,
+            mask_layout=args.mask_layout,
             **conventions,
         )
     except _Timeout:

@@ -610,14 +610,20 @@ def run_check(
     ignore_masked_outputs: bool = False,
     waive: Iterable[str] = (),
     properties: Iterable[str] | None = None,
+    mask_layout: str = "any",
     **conventions: Any,
 ) -> CheckReport:
     """Run every property of ``formula`` on ``candidate`` and return the report (never raises on a mismatch).
 
     ``waive``: properties (of :data:`~rlhf_oracle.properties.report.WAIVABLE`) that still run and are shown, as
     ``waived``, but do not fail the check (``ignore_masked_outputs=True`` waives ``masked_outputs``).
-    ``properties``: run only these (default: all that apply)."""
+    ``properties``: run only these (default: all that apply). ``mask_layout``: the masks the candidate's trainer
+    produces (:data:`~rlhf_oracle.properties.strategies.MASK_LAYOUTS`): ``"any"`` (default: left, right or
+    floating spans, with holes half the time, as multi-turn masks have), ``"contiguous"`` (one span per row, no
+    holes), ``"right"`` (right-padded: the span starts at 0), ``"left"`` (left-padded)."""
     spec = get(formula)
+    if mask_layout not in S.MASK_LAYOUTS:
+        raise ValueError(f"run_check: 'mask_layout' must be one of {S.MASK_LAYOUTS}, got {mask_layout!r}")
     _check_conventions(spec, conventions)
     waived = set(_check_names("waive", waive, WAIVABLE))
     if ignore_masked_outputs:
@@ -641,46 +647,51 @@ def run_check(
         result.waived = result.name in waived
         report.properties.append(result)
 
-    for prop in PROPERTIES:
-        if why_not[prop]:
-            add(PropertyResult(prop, None, note=why_not[prop]))
-            continue
-        if prop not in selected:
-            add(PropertyResult(prop, None, note="not run (disabled by the caller)"))
-            continue
-        if prop == "values":
-            add(search("values", spec.cases(fixed, accepted), lambda c: _values_body(ctx, c), max_examples))
-            ctx.maths_failed = report.properties[-1].passed is False
-            ctx.compute_dtype = _compute_dtype(ctx, spec.cases(fixed, accepted))
-        elif prop == "gradients":
-            if getattr(candidate, NO_GRAD_ATTR, False):
-                add(PropertyResult("gradients", None, note="candidate not differentiable (NumPy)"))
-            elif report.properties[0].passed is False:
-                add(PropertyResult("gradients", None, note="skipped: the values differ"))
-            else:
-                add(search("gradients", spec.cases(fixed, accepted), lambda c: _grad_body(ctx, c), max_examples))
-        elif prop == "edge_cases":
-            add(search(prop, S.edge_cases(formula, fixed, accepted), lambda c: _edge_body(ctx, c), n2))
-        elif prop == "masked_slots":
-            add(search(prop, S.masked_slot_cases(formula, fixed, accepted), lambda c: _masked_slots_body(ctx, c), n2))
-        elif prop == "masked_outputs":
-            add(search(prop, spec.cases(fixed, accepted), lambda c: _masked_outputs_body(ctx, c), n2))
-        elif prop == "stability":
-            # the full maths budget: its regime is where real code differs, and a targeted search needs draws
-            body = functools.partial(_stability_body, ctx)
-            add(search(prop, S.stability_cases(formula, fixed, accepted), body, max_examples))
-        elif prop == "dtype":
-            if report.properties[0].passed is False:
-                add(PropertyResult("dtype", None, note="skipped: the values differ (the rounding budget is judged "
-                                   "against the same maths)"))  # fmt: skip
-            else:
-                add(_dtype_property(ctx, spec, fixed, accepted, n2))
+    with S.mask_layout(mask_layout):  # the masks the strategies draw (holes or not, which padding)
+        for prop in PROPERTIES:
+            if why_not[prop]:
+                add(PropertyResult(prop, None, note=why_not[prop]))
+                continue
+            if prop not in selected:
+                add(PropertyResult(prop, None, note="not run (disabled by the caller)"))
+                continue
+            if prop == "values":
+                add(search("values", spec.cases(fixed, accepted), lambda c: _values_body(ctx, c), max_examples))
+                ctx.maths_failed = report.properties[-1].passed is False
+                ctx.compute_dtype = _compute_dtype(ctx, spec.cases(fixed, accepted))
+            elif prop == "gradients":
+                if getattr(candidate, NO_GRAD_ATTR, False):
+                    add(PropertyResult("gradients", None, note="candidate not differentiable (NumPy)"))
+                elif report.properties[0].passed is False:
+                    add(PropertyResult("gradients", None, note="skipped: the values differ"))
+                else:
+                    add(search("gradients", spec.cases(fixed, accepted), lambda c: _grad_body(ctx, c), max_examples))
+            elif prop == "edge_cases":
+                add(search(prop, S.edge_cases(formula, fixed, accepted), lambda c: _edge_body(ctx, c), n2))
+            elif prop == "masked_slots":
+                add(
+                    search(
+                        prop, S.masked_slot_cases(formula, fixed, accepted), lambda c: _masked_slots_body(ctx, c), n2
+                    )
+                )
+            elif prop == "masked_outputs":
+                add(search(prop, spec.cases(fixed, accepted), lambda c: _masked_outputs_body(ctx, c), n2))
+            elif prop == "stability":
+                # the full maths budget: its regime is where real code differs, and a targeted search needs draws
+                body = functools.partial(_stability_body, ctx)
+                add(search(prop, S.stability_cases(formula, fixed, accepted), body, max_examples))
+            elif prop == "dtype":
+                if report.properties[0].passed is False:
+                    add(PropertyResult("dtype", None, note="skipped: the values differ (the rounding budget is judged "
+                                       "against the same maths)"))  # fmt: skip
+                else:
+                    add(_dtype_property(ctx, spec, fixed, accepted, n2))
 
-    from .diagnosis import diagnose
+        from .diagnosis import diagnose
 
-    for p in report.properties:
-        if p.failure is not None and not p.failure.diagnosis:
-            p.failure.diagnosis = diagnose(ctx, p.failure)
+        for p in report.properties:
+            if p.failure is not None and not p.failure.diagnosis:
+                p.failure.diagnosis = diagnose(ctx, p.failure)
     return report
 
 

@@ -18,8 +18,10 @@ Public building blocks (usable in your own ``@given`` tests):
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -173,6 +175,24 @@ def logits(draw: Draw, shape: tuple[int, ...], *, extreme: bool = False) -> np.n
     return base
 
 
+MASK_LAYOUTS = ("any", "contiguous", "right", "left")
+"""The mask layouts a check can be restricted to (``run_check(mask_layout=...)``, ``--mask-layout``)."""
+
+_MASK_LAYOUT: contextvars.ContextVar[str] = contextvars.ContextVar("rlhf_oracle_mask_layout", default="any")
+
+
+@contextlib.contextmanager
+def mask_layout(layout: str) -> Iterator[None]:
+    """Draw every mask of the block in ``layout`` (one of :data:`MASK_LAYOUTS`)."""
+    if layout not in MASK_LAYOUTS:
+        raise ValueError(f"mask_layout: must be one of {MASK_LAYOUTS}, got {layout!r}")
+    token = _MASK_LAYOUT.set(layout)
+    try:
+        yield
+    finally:
+        _MASK_LAYOUT.reset(token)
+
+
 @st.composite
 def masks(
     draw: Draw,
@@ -187,11 +207,15 @@ def masks(
 
     Each row gets a response span of ``n >= min_valid`` tokens placed right-padded (span at the start),
     left-padded (span at the end) or floating; with ``holes`` some inner positions of the span are masked out
-    (multi-turn observation tokens), keeping its first and last token valid. ``need_pad_after`` keeps at least
+    (multi-turn observation tokens), keeping its first and last token valid. Within :func:`mask_layout` only the
+    chosen layout is drawn (no holes unless ``"any"``). ``need_pad_after`` keeps at least
     one masked slot after the last valid token of every row (``score_position="after_last"``).
     """
     limit = length - 1 if need_pad_after else length
-    padding = draw(st.sampled_from(["right", "left", "float"]))
+    layout = _MASK_LAYOUT.get()
+    holes = holes and layout == "any"
+    paddings = {"any": ["right", "left", "float"], "contiguous": ["right", "left", "float"]}.get(layout, [layout])
+    padding = draw(st.sampled_from(paddings))
     mask = np.zeros((batch, length), dtype=bool)
     for b in range(batch):
         n = draw(st.integers(min(min_valid, limit), limit))

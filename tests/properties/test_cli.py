@@ -196,3 +196,39 @@ def test_bad_flags_and_list_through_the_entry_point(tmp_path: Path) -> None:
     assert listed.returncode == 0
     line = next(ln for ln in listed.stdout.splitlines() if "policy_loss " in ln)
     assert "clip_eps" in line and "dual_clip" in line and "agg" in line, line
+
+
+SPAN_LOSS = textwrap.dedent(
+    """
+    import torch
+
+    def span_mean(values, mask, mode="seq-mean-token-mean"):
+        # |o_b| counted as the span from the first to the last valid token: right only without holes
+        m = mask.bool()
+        idx = torch.arange(m.shape[1]).expand_as(m)
+        first = torch.where(m, idx, m.shape[1]).amin(-1)
+        last = torch.where(m, idx, -1).amax(-1)
+        rows = torch.where(m, values, 0.0).sum(-1) / (last - first + 1).clamp_min(1)
+        return rows.mean()
+    """
+)
+
+
+def test_mask_layout_lets_a_trainer_without_holes_say_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "span.py"
+    path.write_text(SPAN_LOSS)
+    base = [
+        f"{path}:span_mean",
+        "-f",
+        "aggregate",
+        "--mode",
+        "seq-mean-token-mean",
+        "--max-examples",
+        "30",
+        "--waive",
+        "edge_cases,masked_slots",
+    ]
+    assert cli.run(_parse(base)) == 1  # masks with holes (multi-turn) expose the span count
+    assert cli.run(_parse([*base, "--mask-layout", "contiguous"])) == 0
+    assert cli.run(_parse([*base, "--mask-layout", "right"])) == 0
+    capsys.readouterr()
