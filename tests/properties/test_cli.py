@@ -232,3 +232,12 @@ def test_mask_layout_lets_a_trainer_without_holes_say_so(tmp_path: Path, capsys:
     assert cli.run(_parse([*base, "--mask-layout", "contiguous"])) == 0
     assert cli.run(_parse([*base, "--mask-layout", "right"])) == 0
     capsys.readouterr()
+
+
+def test_a_function_returning_none_is_diagnosed_as_such(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "forgot.py"
+    path.write_text("def kl(logp, logp_ref, kind='k1'):\n    d = logp - logp_ref  # no return\n")
+    assert cli.run(_parse([f"{path}:kl", "-f", "kl_estimate", "--max-examples", "5"])) == 1
+    out = capsys.readouterr().out
+    assert "the candidate returned None instead of a tensor (a missing `return`?)" in out
+    assert "overflow" not in out
