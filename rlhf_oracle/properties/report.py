@@ -213,11 +213,14 @@ def _snippet(formula: str, case: Case, refuses: bool = False, report: CheckRepor
         cand_kw = ", ".join(f"{k}=t({k})" for k in case.kwargs if accepted is None or k in accepted)
         args = ", ".join(f"t({n})" for n in case.arg_names)
         note = "  # without the adapter of the check" if report.adapted else ""
-        lines += [
+        calls = [
             f"actual = {candidate}({args}{', ' + cand_kw if cand_kw else ''}){note}",
             'print("expected:", expected)',
             'print("actual:  ", actual)',
         ]
+        # a candidate that is not importable by name (a lambda, a local): the call is shown, commented, so that
+        # the snippet still runs as it is
+        lines += calls if report.candidate_import else ["# " + ln for ln in calls]
     return "\n".join(lines)
 
 
