@@ -52,8 +52,9 @@ def test_two_ranks_give_the_metrics_of_one_process(tmp_path: Path) -> None:
     assert (two / ".rank1" / "summary.json").exists()  # rank 1 kept its files aside
     a, b = _metrics(one), _metrics(two)
     assert len(a) == len(b) == 3
-    exact = ("step", "beta", "gold", "proxy", "reply_len", "eos_rate", "explained_var")
-    close = ("kl", "kl_token", "reward", "policy_loss", "value_loss", "entropy", "ptx_loss", "clipfrac", "approx_kl")
+    exact = ("step", "beta", "gold", "proxy", "reply_len", "eos_rate")  # the sampled replies are the same
+    close = ("kl", "kl_token", "reward", "policy_loss", "value_loss", "entropy", "ptx_loss", "clipfrac", "approx_kl",
+             "explained_var")  # fmt: skip
     for x, y in zip(a, b, strict=True):
         for key in exact:
             assert x[key] == pytest.approx(y[key], rel=1e-6, abs=1e-9), (key, x[key], y[key])
