@@ -105,23 +105,26 @@ class _Workspace:
         return self.buffers[i][:r]
 
 
-def _shifted(chunk: torch.Tensor, out: torch.Tensor, tau: float) -> torch.Tensor:
-    """out <- (chunk - max_v chunk) / tau in the accumulation dtype; returns the row maxima scaled by 1/tau.
+def _shifted(chunk: torch.Tensor, out: torch.Tensor, tau: float, m: torch.Tensor | None = None) -> torch.Tensor:
+    """out <- (chunk - m) / tau in the accumulation dtype, ``m`` [r, 1] the row maxima of the chunk (computed when
+    not given: the forward pass; the backward pass gives the saved ones, so it recomputes exactly the same t).
+    Returns ``m``.
 
     All entries of ``out`` are <= 0 and the largest of each row is exactly 0, so exp(out) neither overflows nor
     underflows all at once: this is the stabilised form of the softmax.
     """
     if chunk.dtype == out.dtype:
-        m = chunk.amax(dim=-1, keepdim=True)
+        if m is None:
+            m = chunk.amax(dim=-1, keepdim=True)
         torch.sub(chunk, m, out=out)
     else:  # bf16/fp16: upcast once (reductions in the half types are slow on CPU), then work in place
         out.copy_(chunk)
-        m = out.amax(dim=-1, keepdim=True)
+        if m is None:
+            m = out.amax(dim=-1, keepdim=True)
         out.sub_(m)
     if tau != 1.0:
         out.div_(tau)
-        m = m / tau
-    return m.squeeze(-1)
+    return m
 
 
 class _LogprobsEntropy(torch.autograd.Function):
@@ -134,21 +137,22 @@ class _LogprobsEntropy(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: FunctionCtx, logits: torch.Tensor, tokens: torch.Tensor | None, tau: float, rows: int, want_h: bool,
-        check: bool,
+        check: str | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """``check``: the public function's name, to refuse NaN/inf logits in its name (None: no value check)."""
         acc = v.acc_dtype(logits.dtype)
         lead = logits.shape[:-1]
         n = lead.numel()
         flat_tokens = tokens.reshape(n, 1) if tokens is not None else None
         lp = logits.new_empty(n if tokens is not None else 0, dtype=acc)
         h = logits.new_empty(n if want_h else 0, dtype=acc)
-        shift = logits.new_empty(n, dtype=acc)  # max z per row
+        shift = logits.new_empty(n, dtype=acc)  # max of the logits per row (before the 1/tau)
         log_s = logits.new_empty(n, dtype=acc)  # log sum exp(z - max z) per row
-        finite = logits.new_empty(n if check and not want_h else 0, dtype=acc)  # sum of t: -inf if a logit is
+        finite = logits.new_empty(n if check and not want_h else 0, dtype=acc)  # sum of t: -inf at a -inf logit
         work = _Workspace(logits, rows, acc, 2 if want_h else 1)
         for s, e, chunk in _chunks(logits, rows):
             t = work[0, e - s]
-            shift[s:e] = _shifted(chunk, t, tau)
+            shift[s:e] = _shifted(chunk, t, tau).squeeze(-1)
             if flat_tokens is not None:
                 torch.gather(t, 1, flat_tokens[s:e], out=lp[s:e, None])
             if want_h:
@@ -164,7 +168,7 @@ class _LogprobsEntropy(torch.autograd.Function):
         if check:
             bad = ~torch.isfinite(shift + log_s) | ~torch.isfinite(h if want_h else finite)
             if bool(bad.any()):
-                raise ValueError("'logits' contains NaN or inf")
+                raise ValueError(f"{check}: 'logits' contains NaN or inf")
         if flat_tokens is not None:
             lp.sub_(log_s)
         ctx.save_for_backward(logits, flat_tokens, h, shift, log_s)  # type: ignore[arg-type]  # None allowed
@@ -179,7 +183,7 @@ class _LogprobsEntropy(torch.autograd.Function):
     def backward(
         ctx: Any, grad_lp: torch.Tensor | None, grad_h: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, None, None, None, None, None]:
-        none = (None, None, None, None, None)
+        none = (None, None, None, None, None)  # tokens, tau, rows, want_h, check
         logits, tokens, h, shift, log_s = ctx.saved_tensors
         if not ctx.needs_input_grad[0] or (grad_lp is None and grad_h is None):
             return None, *none
@@ -196,7 +200,7 @@ class _LogprobsEntropy(torch.autograd.Function):
         for s, e, chunk in _chunks(logits, ctx.rows):
             dst = grad_rows[s:e]
             log_p = work[0, e - s]
-            _shifted_by(chunk, shift[s:e, None], log_p, tau)
+            _shifted(chunk, log_p, tau, shift[s:e, None])
             log_p.sub_(log_s[s:e])
             gz = torch.exp(log_p, out=dst if direct else work[1, e - s])  # p
             if g_h is None:  # log-probs only: g_lp (onehot(o) - p)
@@ -216,28 +220,12 @@ class _LogprobsEntropy(torch.autograd.Function):
         return grad, *none
 
 
-def _shifted_by(chunk: torch.Tensor, shift: torch.Tensor, out: torch.Tensor, tau: float) -> None:
-    """out <- chunk / tau - shift (the saved row maxima, already scaled), in the accumulation dtype."""
-    if tau == 1.0 and chunk.dtype == out.dtype:
-        torch.sub(chunk, shift, out=out)
-        return
-    out.copy_(chunk)
-    if tau != 1.0:
-        out.div_(tau)
-    out.sub_(shift)
-
-
 def _fused(
     fn: str, logits: torch.Tensor, tokens: torch.Tensor | None, tau: float, rows: int, want_h: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     apply = cast(Any, _LogprobsEntropy.apply)  # Function.apply is untyped in torch's stubs
-    check = v.value_checks_enabled() and logits.numel() > 0
-    try:
-        lp, h = apply(logits, tokens, tau, rows, want_h, check)
-    except ValueError as exc:
-        if str(exc) == "'logits' contains NaN or inf":
-            raise ValueError(f"{fn}: {exc}") from None
-        raise
+    check = fn if v.value_checks_enabled() and logits.numel() > 0 else None
+    lp, h = apply(logits, tokens, tau, rows, want_h, check)
     return lp, h
 
 
