@@ -228,30 +228,17 @@ def _run_step(
     for _epoch in range(cfg.ppo_epochs):
         perm = torch.randperm(n, generator=gen).to(device)
         for idx in torch.split(perm, cfg.minibatch_size):
+            ptx_idx = None
+            if cfg.ptx_coef > 0:
+                ptx_idx = torch.randint(0, n_corpus, (cfg.ptx_batch_size,), generator=gen).to(device)
             if world > 1:  # the same random draws on every rank; the update is data-parallel
-                ptx_idx = None
-                if cfg.ptx_coef > 0:
-                    ptx_idx = torch.randint(0, n_corpus, (cfg.ptx_batch_size,), generator=gen).to(device)
                 _data_parallel_update(cfg, state, ro, corpus, idx, ptx_idx, device, sums)
                 n_updates += 1
                 continue
             mb = ro.batch.select(idx)
             mb_mask = mask[idx]
-            # policy (and the ptx batch in the same forward pass: one call, same layout)
-            if cfg.ptx_coef > 0:
-                ptx_idx = torch.randint(0, n_corpus, (cfg.ptx_batch_size,), generator=gen).to(device)
-                ptx_batch = corpus.batch.select(ptx_idx)
-                joint = Batch(
-                    torch.cat([mb.input_ids, ptx_batch.input_ids]),
-                    torch.cat([mb.attention_mask, ptx_batch.attention_mask]),
-                    torch.cat([mb.response_mask, ptx_batch.response_mask]),
-                    mb.prompt_len,
-                )
-            else:
-                joint = mb
-            with autocast(cfg, device):
-                all_logits = response_logits(state.policy, joint)
-            logits = all_logits[: len(idx)]
+            ptx_batch = corpus.batch.select(ptx_idx) if ptx_idx is not None else None
+            logits, ptx_logits = _policy_logits(cfg, state, mb, ptx_batch, device)
             logp = F.token_logprobs(logits, mb.responses, temperature=cfg.temperature)
             pg_loss = F.policy_loss(
                 logp,
@@ -265,16 +252,13 @@ def _run_step(
             )
             entropy = F.aggregate(F.entropy_from_logits(logits, temperature=cfg.temperature), mb_mask, cfg.loss_agg)
             loss = pg_loss - cfg.ent_coef * entropy
-            if cfg.ptx_coef > 0:
+            if ptx_batch is not None:
                 # ptx: likelihood of the corpus itself (temperature 1: it is data, not a sample of the policy)
-                ptx_logp = F.token_logprobs(all_logits[len(idx) :], ptx_batch.responses)
+                ptx_logp = F.token_logprobs(ptx_logits, ptx_batch.responses)
                 ptx = F.ptx_loss(ptx_logp, ptx_batch.response_mask, agg="token-mean")
                 loss = loss + cfg.ptx_coef * ptx
                 sums["ptx_loss"] += float(ptx.detach())
-            state.policy_opt.zero_grad(set_to_none=True)
-            backward(loss)
-            torch.nn.utils.clip_grad_norm_(state.policy.parameters(), cfg.max_grad_norm)
-            state.policy_opt.step()
+            _optimizer_step(cfg, loss, state.policy, state.policy_opt)
 
             # critic
             with autocast(cfg, device):
@@ -282,18 +266,10 @@ def _run_step(
             v_loss = F.value_loss(
                 new_values, ro.values[idx], ro.returns[idx], mb_mask, clip_eps=cfg.value_clip_eps, agg=cfg.value_agg
             )
-            state.critic_opt.zero_grad(set_to_none=True)
-            backward(v_loss)
-            torch.nn.utils.clip_grad_norm_(state.critic.parameters(), cfg.max_grad_norm)
-            state.critic_opt.step()
+            _optimizer_step(cfg, v_loss, state.critic, state.critic_opt)
 
-            with torch.no_grad():
-                ratio = torch.exp(logp - ro.logp[idx])
-                hi = cfg.clip_eps if cfg.clip_eps_high is None else cfg.clip_eps_high
-                clipped = ((ratio > 1 + hi) & (ro.whitened[idx] > 0)) | (
-                    (ratio < 1 - cfg.clip_eps) & (ro.whitened[idx] < 0)
-                )
-                sums["clipfrac"] += float(clipped[mb_mask].float().mean())
+            clipped = _clipped(cfg, logp, ro.logp[idx], ro.whitened[idx])
+            sums["clipfrac"] += float(clipped[mb_mask].float().mean())
             sums["policy_loss"] += float(pg_loss.detach())
             sums["value_loss"] += float(v_loss.detach())
             sums["entropy"] += float(entropy.detach())
@@ -342,6 +318,41 @@ def _run_step(
     return metrics
 
 
+def _policy_logits(
+    cfg: DemoConfig, state: PPOState, mb: Batch, ptx_batch: Batch | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Response logits of the minibatch and of the ptx batch, from one forward pass (one call, same layout)."""
+    joint = mb
+    if ptx_batch is not None:
+        joint = Batch(
+            torch.cat([mb.input_ids, ptx_batch.input_ids]),
+            torch.cat([mb.attention_mask, ptx_batch.attention_mask]),
+            torch.cat([mb.response_mask, ptx_batch.response_mask]),
+            mb.prompt_len,
+        )
+    with autocast(cfg, device):
+        all_logits = response_logits(state.policy, joint)
+    n = mb.input_ids.shape[0]
+    return all_logits[:n], (all_logits[n:] if ptx_batch is not None else None)
+
+
+def _optimizer_step(cfg: DemoConfig, loss: torch.Tensor, model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+    """Backward, sum the gradients over the ranks (a no-op in one process), clip, step."""
+    opt.zero_grad(set_to_none=True)
+    backward(loss)
+    parallel.sum_gradients(model.parameters())
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+    opt.step()
+
+
+@torch.no_grad()
+def _clipped(cfg: DemoConfig, logp: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
+    """Where the ratio is outside its clip range on the side the advantage pushes it (the clip fraction's tokens)."""
+    ratio = torch.exp(logp - logp_old)
+    hi = cfg.clip_eps if cfg.clip_eps_high is None else cfg.clip_eps_high
+    return ((ratio > 1 + hi) & (adv > 0)) | ((ratio < 1 - cfg.clip_eps) & (adv < 0))
+
+
 def _data_parallel_update(
     cfg: DemoConfig,
     state: PPOState,
@@ -363,19 +374,8 @@ def _data_parallel_update(
     mb = ro.batch.select(local)
     mb_mask = mask[local]
     counts = F.global_normaliser(mb_mask)
-    if ptx_idx is not None:
-        ptx_batch = corpus.batch.select(parallel.shard(ptx_idx))
-        joint = Batch(
-            torch.cat([mb.input_ids, ptx_batch.input_ids]),
-            torch.cat([mb.attention_mask, ptx_batch.attention_mask]),
-            torch.cat([mb.response_mask, ptx_batch.response_mask]),
-            mb.prompt_len,
-        )
-    else:
-        joint = mb
-    with autocast(cfg, device):
-        all_logits = response_logits(state.policy, joint)
-    logits = all_logits[: len(local)]
+    ptx_batch = corpus.batch.select(parallel.shard(ptx_idx)) if ptx_idx is not None else None
+    logits, ptx_logits = _policy_logits(cfg, state, mb, ptx_batch, device)
     logp, entropy_tokens = F.logprobs_and_entropy(logits, mb.responses, temperature=cfg.temperature)
     pg = F.micro_batch_policy_loss(
         logp, ro.logp[local], ro.whitened[local], mb_mask, counts, clip_eps=cfg.clip_eps,
@@ -384,18 +384,14 @@ def _data_parallel_update(
     ent = F.micro_batch_aggregate(entropy_tokens, mb_mask, cfg.loss_agg, counts, rank_gradients="sum")
     loss = pg - cfg.ent_coef * ent
     ptx = torch.zeros(())
-    if ptx_idx is not None:
-        ptx_logp = F.token_logprobs(all_logits[len(local) :], ptx_batch.responses)
+    if ptx_batch is not None:
+        ptx_logp = F.token_logprobs(ptx_logits, ptx_batch.responses)
         ptx_counts = F.global_normaliser(ptx_batch.response_mask)
         ptx = -F.micro_batch_aggregate(
             ptx_logp, ptx_batch.response_mask, "token-mean", ptx_counts, rank_gradients="sum"
         )
         loss = loss + cfg.ptx_coef * ptx
-    state.policy_opt.zero_grad(set_to_none=True)
-    backward(loss)
-    parallel.sum_gradients(state.policy.parameters())
-    torch.nn.utils.clip_grad_norm_(state.policy.parameters(), cfg.max_grad_norm)
-    state.policy_opt.step()
+    _optimizer_step(cfg, loss, state.policy, state.policy_opt)
 
     with autocast(cfg, device):
         new_values = response_values(state.critic, mb)
@@ -403,18 +399,10 @@ def _data_parallel_update(
         new_values, ro.values[local], ro.returns[local], mb_mask, counts, clip_eps=cfg.value_clip_eps,
         agg=cfg.value_agg, rank_gradients="sum",
     )  # fmt: skip
-    state.critic_opt.zero_grad(set_to_none=True)
-    backward(v_loss)
-    parallel.sum_gradients(state.critic.parameters())
-    torch.nn.utils.clip_grad_norm_(state.critic.parameters(), cfg.max_grad_norm)
-    state.critic_opt.step()
+    _optimizer_step(cfg, v_loss, state.critic, state.critic_opt)
 
-    with torch.no_grad():
-        ratio = torch.exp(logp - ro.logp[local])
-        hi = cfg.clip_eps if cfg.clip_eps_high is None else cfg.clip_eps_high
-        adv = ro.whitened[local]
-        clipped = ((ratio > 1 + hi) & (adv > 0)) | ((ratio < 1 - cfg.clip_eps) & (adv < 0))
-        n_clipped, n_valid = float(clipped[mb_mask].sum()), float(mb_mask.sum())
+    clipped = _clipped(cfg, logp, ro.logp[local], ro.whitened[local])
+    n_clipped, n_valid = float(clipped[mb_mask].sum()), float(mb_mask.sum())
     pg_v, ent_v, ptx_v, v_v, n_clipped, n_valid = parallel.all_sum(
         pg.detach(), ent.detach(), ptx.detach(), v_loss.detach(), n_clipped, n_valid
     )
