@@ -177,12 +177,8 @@ def _sums(x: torch.Tensor, m: torch.Tensor, agg: str) -> torch.Tensor:
     return xm.sum()
 
 
-def _denominator(n: Normaliser, agg: str, max_tokens: int | None) -> int:
-    return n.denominator(agg, max_tokens)
-
-
-def _local(mask: torch.Tensor, world: int) -> Normaliser:
-    return Normaliser(int(mask.shape[0]), int(mask.sum()), int(mask.shape[1]), world)
+def _local(mask: torch.Tensor) -> Normaliser:
+    return Normaliser(int(mask.shape[0]), int(mask.sum()), int(mask.shape[1]))
 
 
 def _hypotheses(agg: str, max_tokens: int | None, rank_gradients: str) -> dict[str, Share]:
@@ -198,25 +194,23 @@ def _hypotheses(agg: str, max_tokens: int | None, rank_gradients: str) -> dict[s
 
     what = {"token-mean": "token count", "seq-mean-token-sum-norm": "B x L"}.get(agg, "sequence count")
     h: dict[str, Share] = {
-        "the global normaliser (correct)": make(
-            lambda x, m, i: over(w(i), _denominator(i.normaliser, agg, max_tokens))
-        ),
+        "the global normaliser (correct)": make(lambda x, m, i: over(w(i), i.normaliser.denominator(agg, max_tokens))),
         f"per-micro-batch mean: each micro-batch divided by its own {what}, then by K (micro-batches)": make(
-            lambda x, m, i: over(w(i), _denominator(_local(m, 1), agg, max_tokens) * i.num_micro_batches)
+            lambda x, m, i: over(w(i), _local(m).denominator(agg, max_tokens) * i.num_micro_batches)
         ),
         f"per-micro-batch mean: each micro-batch divided by its own {what}, not by K (the loss grows with K)": make(
-            lambda x, m, i: over(w(i), _denominator(_local(m, 1), agg, max_tokens))
+            lambda x, m, i: over(w(i), _local(m).denominator(agg, max_tokens))
         ),
         f"per-rank mean: the {what} of this rank's micro-batches, not all-reduced over the ranks": make(
-            lambda x, m, i: over(w(i), _denominator(i.rank_normaliser, agg, max_tokens))
+            lambda x, m, i: over(w(i), i.rank_normaliser.denominator(agg, max_tokens))
         ),
         "global normaliser without the world-size factor: DDP's gradient average divides the sum by W": make(
-            lambda x, m, i: over(1, _denominator(i.normaliser, agg, max_tokens))
+            lambda x, m, i: over(1, i.normaliser.denominator(agg, max_tokens))
         ),
     }
     h["the mask is not applied: padding values are summed too"] = lambda x, m, i: (
         (x.sum() if agg != "seq-mean-token-mean" else (x.sum(-1) / m.sum(-1)).sum())
-        * over(w(i), _denominator(i.normaliser, agg, max_tokens))
+        * over(w(i), i.normaliser.denominator(agg, max_tokens))
     )
     if agg == "token-mean":
         h["padded length: each micro-batch divided by B_k x T_k (padding counted as tokens), then by K"] = make(
