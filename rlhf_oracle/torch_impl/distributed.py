@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 from . import _validation as v
-from .policy import AGGREGATION_MODES, _clip_bounds, _out_dtype, _ratio_inputs, _surrogate
+from .policy import AGGREGATION_MODES, _per_token_objective
 from .value import _per_token as _value_per_token
 
 RANK_GRADIENTS = ("mean", "sum")
@@ -182,17 +182,10 @@ def micro_batch_policy_loss(
     ranks) to get the gradient of the global policy loss.
     """
     fn = "micro_batch_policy_loss"
-    new, old, adv = _ratio_inputs(fn, logp, logp_old, advantages)
-    if new.ndim != 2:
-        raise ValueError(f"{fn}: 'logp' must have shape [B, T], got {v.shape_str(new.shape)}")
-    m = v.as_mask(fn, mask, like=new, like_name="logp")
-    low, high, c = _clip_bounds(fn, clip_eps, clip_eps_high, dual_clip)
-    for name, arr in (("logp", new), ("logp_old", old), ("advantages", adv)):
-        v.finite(fn, name, arr, m)
-    new, old, adv = (torch.where(m, arr, 0.0) for arr in (new, old, adv))  # NaN padding reaches no gradient
-    per_token = _surrogate(new, old, adv, low, high, c)
-    share = _share(fn, per_token, m, agg, normaliser, max_tokens, rank_gradients)
-    return -share.to(_out_dtype(new, old, adv))
+    per_token, m, out_dtype, max_tokens = _per_token_objective(
+        fn, logp, logp_old, advantages, mask, clip_eps, clip_eps_high, dual_clip, agg, max_tokens
+    )
+    return -_share(fn, per_token, m, agg, normaliser, max_tokens, rank_gradients).to(out_dtype)
 
 
 def micro_batch_value_loss(

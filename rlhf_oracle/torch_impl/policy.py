@@ -171,6 +171,26 @@ def policy_loss(
     nor the gradient. See :func:`rlhf_oracle.reference.policy_loss` (DeepSeekMath eq. 1; DAPO; Ye et al. 2020).
     """
     fn = "policy_loss"
+    per_token, m, out_dtype, max_tokens = _per_token_objective(
+        fn, logp, logp_old, advantages, mask, clip_eps, clip_eps_high, dual_clip, agg, max_tokens
+    )
+    return -_aggregate(fn, per_token, m, agg, max_tokens).to(out_dtype)
+
+
+def _per_token_objective(
+    fn: str,
+    logp: torch.Tensor,
+    logp_old: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float,
+    clip_eps_high: float | None,
+    dual_clip: float | None,
+    agg: str,
+    max_tokens: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.dtype, int | None]:
+    """(per-token clipped objective, mask, output dtype, max_tokens) of the policy loss on validated inputs; the
+    masked inputs are replaced by 0 before the ratio (shared by the micro-batch shares of torch_impl.distributed)."""
     new, old, adv = _ratio_inputs(fn, logp, logp_old, advantages)
     if new.ndim != 2:
         raise ValueError(f"{fn}: 'logp' must have shape [B, T], got {v.shape_str(new.shape)}")
@@ -181,5 +201,4 @@ def policy_loss(
         v.finite(fn, name, arr, m)
     max_tokens = v.optional_positive_int(fn, "max_tokens", max_tokens)
     new, old, adv = (torch.where(m, arr, 0.0) for arr in (new, old, adv))
-    per_token = _surrogate(new, old, adv, low, high, c)
-    return -_aggregate(fn, per_token, m, agg, max_tokens).to(_out_dtype(new, old, adv))
+    return _surrogate(new, old, adv, low, high, c), m, _out_dtype(new, old, adv), max_tokens
