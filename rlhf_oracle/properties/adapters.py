@@ -31,6 +31,7 @@ import torch
 __all__ = [
     "ACCEPTS_ATTR",
     "NO_GRAD_ATTR",
+    "Accepts",
     "Adapter",
     "accepted_kwargs",
     "compose",
@@ -50,8 +51,32 @@ ACCEPTS_ATTR = "__rlhf_oracle_accepts__"
 NO_GRAD_ATTR = "__rlhf_oracle_no_grad__"
 
 
+class Accepts(frozenset[str]):
+    """The keyword names a candidate accepts, and which of them its signature allows to be ``None``."""
+
+    not_none: frozenset[str]
+    """Names whose default is not None and whose annotation does not admit None: the oracle never draws None
+    for them (a ``clip_eps: float = 0.2`` is not asked to run unclipped)."""
+
+    def __new__(cls, names: Any, not_none: Any = ()) -> Accepts:
+        self = super().__new__(cls, names)
+        self.not_none = frozenset(not_none)
+        return self
+
+
+def _admits_none(p: inspect.Parameter) -> bool:
+    if p.default is None:
+        return True
+    ann = p.annotation
+    if ann is inspect.Parameter.empty:
+        return False
+    text = ann if isinstance(ann, str) else repr(ann)
+    return "None" in text or "Optional" in text or text in ("Any", "typing.Any")
+
+
 def accepted_kwargs(fn: Callable[..., Any]) -> frozenset[str] | None:
-    """Keyword names ``fn`` accepts; ``None`` when it takes ``**kwargs`` (or its signature is unknown)."""
+    """Keyword names ``fn`` accepts (an :class:`Accepts`); ``None`` when it takes ``**kwargs`` (or its signature
+    is unknown)."""
     if hasattr(fn, ACCEPTS_ATTR):
         accepts: frozenset[str] | None = getattr(fn, ACCEPTS_ATTR)
         return accepts
@@ -59,13 +84,15 @@ def accepted_kwargs(fn: Callable[..., Any]) -> frozenset[str] | None:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return None
-    names = set()
+    names, not_none = set(), set()
     for p in sig.parameters.values():
         if p.kind is inspect.Parameter.VAR_KEYWORD:
             return None
         if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
             names.add(p.name)
-    return frozenset(names)
+            if not _admits_none(p):
+                not_none.add(p.name)
+    return Accepts(names, not_none)
 
 
 def _mark(wrapped: Callable[..., Any], inner: Callable[..., Any], accepts: Any = "same") -> Callable[..., Any]:
@@ -184,7 +211,14 @@ def rename(mapping: Mapping[str, str] | None = None, /, **names: str) -> Adapter
 
         inner = accepted_kwargs(candidate)
         reverse = {v: k for k, v in table.items()}
-        accepts = None if inner is None else frozenset(reverse.get(k, k) for k in inner)
+        accepts = (
+            None
+            if inner is None
+            else Accepts(
+                (reverse.get(k, k) for k in inner),
+                (reverse.get(k, k) for k in getattr(inner, "not_none", ())),
+            )
+        )
         return _mark(wrapped, candidate, accepts)
 
     return adapter

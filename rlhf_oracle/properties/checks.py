@@ -49,7 +49,7 @@ def make_check(formula: str) -> Callable[..., CheckReport]:
         f"Check ``candidate`` against ``reference.{formula}`` ({spec.paper}, {spec.equation}).\n\n"
         f"Conventions (keyword arguments passed to the reference and, when accepted, the candidate): "
         f"{', '.join(spec.conventions) or 'none'}. Differentiable inputs checked by autograd: "
-        f"{', '.join(spec.differentiable) or 'none'}. Options: adapter, dtype, device, max_examples, waive, "
+        f"{', '.join(spec.differentiable) or 'none'}. Options: adapter, dtype, device, max_examples, waive, strict, "
         f"properties (see run_check). Raises OracleMismatch with a shrunk counter-example and a diagnosis per "
         f"failing property; returns the CheckReport otherwise."
     )

@@ -107,6 +107,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated properties that are still run and shown but do not fail the check: "
         "edge_cases, masked_slots, masked_outputs, stability, dtype",
     )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail (instead of reporting as 'differs') a value returned where the reference refuses the input",
+    )
     group = parser.add_argument_group("conventions (passed to the reference, and to the function if it accepts them)")
     for name, help_text in _conventions().items():
         flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
@@ -258,6 +263,7 @@ def run(args: argparse.Namespace) -> int:
             gradients=not args.no_gradients,
             ignore_masked_outputs=args.ignore_masked_outputs,
             waive=waive,
+            strict=args.strict,
             mask_layout=args.mask_layout,
             **conventions,
         )
@@ -280,13 +286,14 @@ def run(args: argparse.Namespace) -> int:
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     table.add_column("note", overflow="fold")
     styles = {"passed": "[green]passed[/]", "FAILED": "[red]FAILED[/]", "waived": "[yellow]waived[/]",
-              "skipped": "[yellow]skipped[/]", "n/a": "[dim]n/a[/]"}  # fmt: skip
+              "differs": "[cyan]differs[/]", "skipped": "[yellow]skipped[/]", "n/a": "[dim]n/a[/]"}  # fmt: skip
     for p in report.properties:
         worst = f"{p.worst:.3g} x tol" if p.passed is not None else ""
-        diag = p.failure.diagnosis[0] if p.failure is not None and p.failure.diagnosis else p.note
-        table.add_row(p.name, styles[p.status], str(p.examples) if p.passed is not None else "", worst, diag[:140])
+        shown = p.failure or p.finding
+        diag = shown.diagnosis[0] if shown is not None and shown.diagnosis else p.note
+        table.add_row(p.name, styles[p.status], str(p.examples) if p.passed is not None else "", worst, diag)
     console.print(table)
-    if any(p.failure is not None for p in report.properties):
+    if any(p.failure is not None or p.finding is not None for p in report.properties):
         console.print(report.message(), markup=False, highlight=False, soft_wrap=True)
     if not report.passed:
         return 1

@@ -82,6 +82,14 @@ def _values(ctx: Context, failure: Failure) -> list[str]:
     actual = failure.actual
     if actual is None:
         return [failure.message]
+    if failure.expected is None and failure.kind == "nonfinite":
+        # the reference refuses this input (the exact value overflows float64): no variant can be compared
+        notes = [
+            "the exact value is beyond float64's range on this input (the reference refuses it with a clear "
+            "ValueError); the candidate returned a non-finite value silently: raise a clear error, or clamp the "
+            "log-ratio before exp (verl and OpenRLHF clamp to +-20; a finite clamped value passes)"
+        ]
+        return notes + ([f"regime: {spec.stability_note}"] if spec.stability_note else [])
     low = _low_precision(ctx, failure, dtype)
     if low is not None:
         low_dtype, matches_ref = low
@@ -108,6 +116,7 @@ def _where_it_runs(ctx: Context, failure: Failure) -> list[str]:
     """On inputs where the candidate does not raise, what does it compute? (A raise on a small input, e.g. a
     variance of one token inside GAE, must not hide the convention it follows on the others.)"""
     dtype = failure.dtype or ctx.dtype
+    ran = 0
     for case in sample_cases(_strategy(ctx, failure), 24):
         rc = rounded(case, dtype)
         try:
@@ -115,6 +124,7 @@ def _where_it_runs(ctx: Context, failure: Failure) -> list[str]:
             expected = reference_outputs(ctx.spec, rc)
         except Exception:
             continue
+        ran += 1
         ratio, k, idx, problem = compare(ctx.spec, rc, expected, actual, dtype)
         if problem is not None:
             return [f"where it runs: {problem}"]
@@ -123,7 +133,9 @@ def _where_it_runs(ctx: Context, failure: Failure) -> list[str]:
         probe = replace(failure, kind="value", case=case, rounded=rc, expected=expected, actual=actual, index=idx,
                         output=k, ratio=ratio)  # fmt: skip
         return ["where it runs, it differs too: " + line for line in _values(ctx, probe)]
-    return ["where it runs, it agrees with the reference"]
+    if not ran:
+        return ["it raised on every input tried: no value to compare with the reference"]
+    return [f"where it runs ({ran} of 24 inputs tried), it agrees with the reference"]
 
 
 def _low_precision(ctx: Context, failure: Failure, dtype: torch.dtype) -> tuple[torch.dtype, bool] | None:

@@ -7,14 +7,19 @@ by hand from the reference formula (and cross-checked against float64 finite dif
 piecewise form is proved in :mod:`rlhf_oracle.derivations`.
 
 Where the formula has a kink (a clip bound, a max of two branches), the derivative is one-sided there and
-either side is a valid (sub)gradient: such positions are returned in ``alternative`` with the other one-sided
-value (NaN where there is no kink), and a candidate may return either.
+every convex combination of the two sides is a valid subgradient (``torch.minimum``/``torch.maximum`` split the
+gradient 0.5/0.5 at a tie): such positions are returned in ``alternative`` with the other one-sided value (NaN
+where there is no kink), and a candidate may return any point between the two. A position counts as a kink when it
+sits on it up to the rounding of the candidate's dtype (:func:`kink_band`): a bf16 ``exp`` rounds onto
+``1 + eps`` where float64 lands a hair away.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -23,7 +28,26 @@ from rlhf_oracle import reference as R
 
 from .strategies import Case
 
-__all__ = ["GRADIENTS", "Grad", "ppo_kinks", "weights_for"]
+__all__ = ["GRADIENTS", "Grad", "kink_band", "kink_rtol", "ppo_kinks", "weights_for"]
+
+_KINK_RTOL: ContextVar[float] = ContextVar("kink_rtol", default=1e-6)
+
+
+def kink_rtol() -> float:
+    """Relative distance to a kink (clip bound, tie of two branches) within which both sides are accepted."""
+    return _KINK_RTOL.get()
+
+
+@contextlib.contextmanager
+def kink_band(eps: float) -> Iterator[None]:
+    """Within the block, a kink is any position within ``max(1e-6, 2 eps)`` (relative) of the bound: ``eps`` is
+    the machine epsilon of the dtype the candidate computes in (one rounding of ``exp`` or of a difference, on
+    either side). 1e-6 covers bf16-rounded inputs evaluated in float32."""
+    token = _KINK_RTOL.set(max(1e-6, 2.0 * float(eps)))
+    try:
+        yield
+    finally:
+        _KINK_RTOL.reset(token)
 
 
 class Grad(NamedTuple):
@@ -83,11 +107,11 @@ def ppo_kinks(c: Case) -> tuple[np.ndarray, np.ndarray]:
     eps = float(kw.get("clip_eps", 0.2))
     high = eps if kw.get("clip_eps_high") is None else float(kw["clip_eps_high"])
     bounds = [1 - eps, 1 + high] + ([float(kw["dual_clip"])] if kw.get("dual_clip") is not None else [])
-    # a kink where r sits on a bound up to float rounding of exp (relative 1e-6 covers bf16-rounded inputs'
-    # exp evaluated in float32)
+    # a kink where r sits on a bound up to the candidate's rounding of exp (kink_band)
     near = np.zeros(r.shape, dtype=bool)
+    rtol = kink_rtol()
     for bound in bounds:
-        near |= np.abs(r - bound) <= 1e-6 * bound
+        near |= np.abs(r - bound) <= rtol * bound
     alt = np.where(near, np.where(g == 0, r * adv, 0.0), np.nan)
     return g, alt
 
@@ -227,10 +251,11 @@ def _value_loss(c: Case, w: np.ndarray) -> dict[str, Grad]:
     g_unclipped = v - ret
     g_clipped = np.where(inside, vc - ret, 0.0)
     g = np.where(unclipped >= clipped, g_unclipped, g_clipped)
-    # kinks up to the rounding of a float32 evaluation (relative 1e-6, as in ppo_kinks): a candidate computing
+    # kinks up to the rounding of the candidate's dtype (kink_band, as in ppo_kinks): a candidate computing
     # V - V_old in float32 can land exactly on the clip bound (or on a tie of the two branches) where float64 is not
-    alt_clip = np.where(np.isclose(np.abs(change), eps, rtol=1e-6, atol=0.0), np.where(inside, 0.0, vc - ret), np.nan)
-    tie = np.isclose(unclipped, clipped, rtol=1e-6, atol=1e-300)
+    rtol = kink_rtol()
+    alt_clip = np.where(np.isclose(np.abs(change), eps, rtol=rtol, atol=0.0), np.where(inside, 0.0, vc - ret), np.nan)
+    tie = np.isclose(unclipped, clipped, rtol=rtol, atol=1e-300)
     # at a tie of the two branches the alternative is the branch g did not take
     alt = np.where(
         tie, np.where(unclipped >= clipped, g_clipped, g_unclipped), np.where(unclipped < clipped, alt_clip, np.nan)

@@ -261,8 +261,9 @@ def _tol_grpo(c: Case) -> Conditioning:
     s = _f(n["scores"])
     g = int(n["group_size"])
     groups = s.reshape(-1, g)
-    mean = groups.mean(1, keepdims=True)
-    size = np.abs(groups) + np.abs(mean)
+    # a mean's rounding error is eps * mean|s| (the policy: the size of the terms summed), not eps * |mean|,
+    # which is 0 when the scores cancel
+    size = np.abs(groups) + np.abs(groups).mean(1, keepdims=True)
     if n.get("std_normalize", True):
         std = groups.std(1, ddof=1 if n.get("unbiased", True) else 0, keepdims=True)
         size = size / (std + float(n.get("eps", 1e-6)))

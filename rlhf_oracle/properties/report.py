@@ -82,6 +82,9 @@ class PropertyResult:
     note: str = ""
     waived: bool = False
     failure: Failure | None = None
+    finding: Failure | None = None
+    """A passed property's first finding: the candidate returns a value where the reference refuses the input
+    (its choice, not a wrong number). Shown as ``differs``; ``strict=True`` turns it into a failure."""
 
     @property
     def status(self) -> str:
@@ -89,6 +92,8 @@ class PropertyResult:
             return "n/a" if self.note.startswith("n/a") else "skipped"
         if self.waived:
             return "waived"
+        if self.passed and self.finding is not None:
+            return "differs"
         return "passed" if self.passed else "FAILED"
 
 
@@ -137,11 +142,13 @@ class CheckReport:
 
     def message(self) -> str:
         lines = [_summary(self)]
-        shown = [p for p in self.properties if p.failure is not None]
-        for p in shown:
-            assert p.failure is not None
-            lines.append("")
-            lines.append(_format_failure(self, p.failure, waived=p.waived))
+        for p in self.properties:
+            if p.failure is not None:
+                lines.append("")
+                lines.append(_format_failure(self, p.failure, waived=p.waived))
+            elif p.finding is not None:
+                lines.append("")
+                lines.append(_format_failure(self, p.finding, finding=True))
         return "\n".join(lines)
 
     def raise_for_failure(self) -> CheckReport:
@@ -230,13 +237,15 @@ def _summary(report: CheckReport) -> str:
     return f"{report.formula}: {head} [{verdicts}]"
 
 
-def _format_failure(report: CheckReport, f: Failure, *, waived: bool = False) -> str:
+def _format_failure(report: CheckReport, f: Failure, *, waived: bool = False, finding: bool = False) -> str:
     from .registry import get
 
     spec = get(report.formula)
     conv = ", ".join(f"{k}={v!r}" for k, v in report.conventions.items()) or "reference defaults"
     dtype = f.dtype or report.dtype
     status = "waived by the caller, shown for information" if waived else "failed"
+    if finding:
+        status = "differs from the reference's refusal: reported, not failed (strict=True fails it)"
     lines = [
         f"[{f.prop}] rlhf_oracle: {report.candidate} does not match reference.{spec.id} "
         f"[property: {f.prop} ({status}); dtype: {str(dtype).replace('torch.', '')}; device: {report.device}]",

@@ -262,6 +262,8 @@ class _Params:
         if name in self.fixed:
             value = self.fixed[name]
         elif self.accepted is None or name in self.accepted:
+            if name in getattr(self.accepted, "not_none", ()):  # its signature takes no None: never draw it
+                strategy = strategy.filter(lambda x: x is not None)
             value = self.draw(strategy)
         else:
             return default

@@ -94,6 +94,8 @@ def whiten(x: Any, mask: Any, shift_mean: bool = True, unbiased: bool = True, *,
         - ``eps = 1e-8`` inside the square root, as all of the above.
         - Statistics over the whole batch (a minibatch in lm-human-preferences; the rollout batch in TRL).
         - An empty mask is an error; with ``unbiased`` a single valid token is an error (n - 1 = 0).
+        - Mean and variance are exactly rounded sums (``math.fsum``): a mean that cancels (values of both signs)
+          is as accurate as any implementation's, never the left-to-right rounding of a naive sum.
     """
     fn = "whiten"
     shift_mean = v.flag(fn, "shift_mean", shift_mean)
@@ -108,8 +110,8 @@ def whiten(x: Any, mask: Any, shift_mean: bool = True, unbiased: bool = True, *,
         raise ValueError(f"{fn}: 'mask' has {n} valid token; unbiased variance needs at least 2")
 
     valid = xs[m]
-    mean = float(sum(valid) / n)
-    var = float(sum((valid - mean) ** 2) / (n - 1 if unbiased else n))
+    mean = math.fsum(valid) / n
+    var = math.fsum((valid - mean) ** 2) / (n - 1 if unbiased else n)
     whitened = (xs - mean) / math.sqrt(var + e)
     if not shift_mean:
         whitened = whitened + mean
@@ -144,6 +146,8 @@ def grpo_advantages(
           repeated-prompt batches of TRL and verl.
         - ``unbiased=True`` (default): Bessel-corrected std, as ``torch.std`` in verl and TRL (the paper does not
           say). ``eps=1e-6`` is verl's (TRL uses 1e-4). ``group_size >= 2``.
+        - Group mean and variance are exactly rounded sums (``math.fsum``): scores of both signs whose mean
+          cancels (e.g. [0, -2, 1, 8.48e-255, 1]) get the correctly rounded mean, not 0.
     """
     fn = "grpo_advantages"
     std_normalize = v.flag(fn, "std_normalize", std_normalize)
@@ -159,10 +163,10 @@ def grpo_advantages(
     adv = np.zeros_like(s)
     for start in range(0, s.shape[0], group_size):
         group = s[start : start + group_size]
-        mean = float(sum(group) / group_size)
+        mean = math.fsum(group) / group_size
         centred = group - mean
         if std_normalize:
-            var = float(sum(centred**2) / (group_size - 1 if unbiased else group_size))
+            var = math.fsum(centred**2) / (group_size - 1 if unbiased else group_size)
             if math.sqrt(var) + e == 0.0:
                 raise ValueError(f"{fn}: group {start // group_size} has identical scores and eps=0; pass 'eps' > 0")
             adv[start : start + group_size] = centred / (math.sqrt(var) + e)

@@ -417,7 +417,8 @@ MUTANTS: list[Mutant] = [
     Mutant("GAE writes its carry at masked positions (verl)", "gae", _gae_writes_carry,
            "verl compute_gae_advantage_return", "recursion's carry", {}, "masked_outputs"),
     Mutant("empty row counted as zero", "aggregate", _agg_empty_rows_as_zero, "clamp(min=1) denominator",
-           "empty row counted as zero", {"mode": "seq-mean-token-mean"}, "edge_cases"),
+           "empty row counted as zero", {"mode": "seq-mean-token-mean", "strict": True}, "edge_cases"),
+    # (a value where the reference refuses an empty row is a finding, reported as "differs"; strict fails it)
     Mutant("aggregate leaks NaN through multiply-by-mask", "aggregate", _agg_multiply_by_mask,
            "OpenRLHF PR #1240", "multiply-by-mask", {"mode": "seq-mean-token-mean"}, "masked_slots"),
     Mutant("KL penalty written at masked positions", "kl_shaped_rewards", _kl_shaped_penalty_everywhere,

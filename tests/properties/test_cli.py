@@ -53,10 +53,14 @@ def test_failing_function_prints_table_and_diagnosis(losses: Path, capsys: pytes
 
 def test_convention_flag_makes_it_pass(losses: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = [f"{losses}:token_mean_loss", "-f", "policy_loss", "--agg", "token-mean", "--max-examples", "10"]
-    assert cli.run(_parse(argv)) == 1  # the maths agree; an all-masked batch gives NaN where the reference raises
+    # the maths agree; an all-masked batch gives NaN where the reference raises: a finding ("differs"), exit 0
+    assert cli.run(_parse(argv)) == 0
     out = capsys.readouterr().out
-    assert "edge_cases" in out and "all masked" in out
-    assert cli.run(_parse([*argv, "--waive", "edge_cases"])) == 0
+    assert "edge_cases" in out and "differs" in out and "all masked" in out
+    assert cli.run(_parse([*argv, "--strict"])) == 1  # --strict fails it
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "all masked" in out
+    assert cli.run(_parse([*argv, "--strict", "--waive", "edge_cases"])) == 0
     out = capsys.readouterr().out
     assert "passed" in out and "gradients" in out and "waived" in out
 
