@@ -88,6 +88,7 @@ def _values(ctx: Context, failure: Failure) -> list[str]:
             "the exact value is beyond float64's range on this input (the reference refuses it with a clear "
             "ValueError); the candidate returned a non-finite value silently: raise a clear error, or clamp the "
             "log-ratio before exp (verl and OpenRLHF clamp to +-20; a finite clamped value passes)"
+            + _exp_note(spec, dtype)
         ]
         return notes + ([f"regime: {spec.stability_note}"] if spec.stability_note else [])
     low = _low_precision(ctx, failure, dtype)
