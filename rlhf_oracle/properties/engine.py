@@ -161,7 +161,7 @@ def compare(
         allowed = tol.bound(dtype, e, cond, s)
         ratio = tol.error_ratio(a, e, allowed)
         if spec.value_alternative is not None and k == 0:
-            with kink_band(_eps(dtype)):
+            with kink_band(tol.for_dtype(dtype).machine_eps):
                 alt = spec.value_alternative(case)
             ratio = np.where(np.isnan(alt), ratio, np.minimum(ratio, tol.error_ratio(a, np.nan_to_num(alt), allowed)))
         if where != "all" and spec.per_token_output and case.mask is not None and ratio.shape == case.mask.shape:
@@ -447,7 +447,7 @@ def _grad_body(ctx: Context, case: Case, prop: str = "gradients") -> float:
     w_t = torch.tensor(w, dtype=first_out.dtype, device=first_out.device)
     w_used = w_t.to("cpu", torch.float64).numpy()
     grads = torch.autograd.grad((first_out * w_t).sum(), list(leaves.values()), allow_unused=True)
-    with kink_band(_eps(ctx.dtype)):
+    with kink_band(tol.for_dtype(ctx.dtype).machine_eps):
         expected = spec.gradient(rc, w_used)
     cond = spec.tolerance(rc)[0]
     worst = 0.0
@@ -482,10 +482,6 @@ def _grad_body(ctx: Context, case: Case, prop: str = "gradients") -> float:
         worst = max(worst, r)
     target(min(worst, 1e12), label="gradient error / allowed error")
     return worst
-
-
-def _eps(dtype: torch.dtype) -> float:
-    return float(torch.finfo(dtype).eps)
 
 
 def _nearest_subgradient(actual: np.ndarray, expected: np.ndarray, alternative: np.ndarray) -> np.ndarray:

@@ -12,20 +12,16 @@ import pytest
 import torch
 
 from rlhf_oracle import torch_impl as T
-from rlhf_oracle.properties.engine import Context, Mismatch, _grad_body, _values_body
+from rlhf_oracle.properties.engine import Context, Mismatch, _values_body
 from rlhf_oracle.properties.registry import get
 from rlhf_oracle.properties.strategies import Case
 
-
-@pytest.fixture(autouse=True)
-def _outside_hypothesis(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The gradient property steers hypothesis with target(), which is only legal inside a search."""
-    monkeypatch.setattr("rlhf_oracle.properties.engine.target", lambda *a, **k: None)
+from .test_kink_regressions import _grad_error as _kink_grad_error
+from .test_kink_regressions import _outside_hypothesis  # noqa: F401  (autouse fixture: target() outside a search)
 
 
 def _grad_error(formula: str, fn: object, case: Case, dtype: torch.dtype = torch.float64) -> float:
-    ctx = Context(get(formula), fn, None, {}, dtype, "cpu")  # type: ignore[arg-type]
-    return _grad_body(ctx, case)
+    return _kink_grad_error(formula, case, fn, dtype)
 
 
 def _textbook_ppo(logp, logp_old, advantages, clip_eps=0.2, clip_eps_high=None, dual_clip=None):  # type: ignore[no-untyped-def]

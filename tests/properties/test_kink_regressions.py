@@ -23,10 +23,11 @@ def _outside_hypothesis(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("rlhf_oracle.properties.engine.target", lambda *a, **k: None)
 
 
-def _grad_error(formula: str, case: Case) -> float:
-    spec = get(formula)
-    ctx = Context(spec, getattr(T, formula), None, {}, torch.float32, "cpu")
-    return _grad_body(ctx, case)  # raises on a mismatch; returns worst error / allowed error
+def _grad_error(formula: str, case: Case, fn: object = None, dtype: torch.dtype = torch.float32) -> float:
+    """The gradient property on one case, for ``fn`` (default: the twin): raises on a mismatch; returns the worst
+    error / allowed error."""
+    ctx = Context(get(formula), fn or getattr(T, formula), None, {}, dtype, "cpu")  # type: ignore[arg-type]
+    return _grad_body(ctx, case)
 
 
 def test_dual_clip_bound_hit_exactly_in_float32() -> None:
