@@ -37,7 +37,10 @@ def init_from_env() -> bool:
 
 
 def destroy() -> None:
+    """Leave the process group together: a rank that tears its gloo pairs down while a peer still holds them makes
+    that peer abort (SIGABRT), so every rank waits at a barrier first."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

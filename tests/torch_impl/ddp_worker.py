@@ -90,6 +90,7 @@ def main() -> None:
                 results[(mode, micro, normaliser)] = rank_gradients(mode, micro, normaliser)
     if dist.get_rank() == 0:
         torch.save({"world": dist.get_world_size(), "results": results}, out)
+    dist.barrier()  # leave together: a rank that closes its gloo pairs while a peer still holds them aborts it
     dist.destroy_process_group()
 
 
