@@ -82,10 +82,11 @@ def _row(entry: AuditEntry, modules: dict[str, SimpleNamespace], version: str, m
             row.verdicts[p.name] = "n/a"
         elif p.waived:
             row.verdicts[p.name] = "waived"
-        else:
-            row.verdicts[p.name] = "pass" if p.passed else "differs"
-        if p.failure is not None:
-            row.differences[p.name] = _headline(p.failure.diagnosis, p.failure.message)
+        else:  # a finding (a value where the reference refuses the input) is a difference the matrix shows
+            row.verdicts[p.name] = "pass" if p.passed and p.finding is None else "differs"
+        noted = p.failure if p.failure is not None else p.finding
+        if noted is not None:
+            row.differences[p.name] = _headline(noted.diagnosis, noted.message)
     return row
 
 
