@@ -87,20 +87,32 @@ def test_the_maths_of_the_main_losses_agree_under_their_documented_conventions(r
         assert rows[function].verdicts["values"] == "pass", rows[function].differences
 
 
-def _normalised(verdicts: dict[str, str]) -> dict[str, str]:
+GUARD = "+1e-8 in the token-count denominator"
+
+
+def _normalised(verdicts: dict[str, str], differences: dict[str, str]) -> dict[str, str]:
     """Verdicts with the two maths properties merged: whether a tiny difference (a +1e-8 guard) first shows in
-    the values or in the gradients depends on the search path, which float rounding (thread count) can change."""
+    the values or in the gradients depends on the search path, which float rounding (thread count, array
+    alignment) can change. A +1e-8 guard in a count changes the result by about 1e-8/|o| relative, which the float64
+    tolerance sees only where the value is not small against the size of its terms: whether the search meets such
+    an input depends on the same path, so a maths difference that is only that guard counts as either verdict."""
     out = {k: v for k, v in verdicts.items() if k not in ("values", "gradients")}
-    out["maths"] = "differs" if "differs" in (verdicts.get("values"), verdicts.get("gradients")) else "pass"
-    if verdicts.get("values") == "differs":  # then the dtype property is skipped (same maths)
-        out.pop("dtype", None)
+    maths = [p for p in ("values", "gradients") if verdicts.get(p) == "differs"]
+    out["maths"] = "differs" if maths else "pass"
+    if maths and all(differences.get(p, "") == GUARD for p in maths):
+        out["maths"] = "pass or guard"
+    if maths:
+        out.pop("dtype", None)  # skipped when the values differ (same maths)
     return out
 
 
 def test_the_docs_snapshot_matches_a_fresh_audit(rows: dict[str, AuditRow]) -> None:
-    snapshot = {item["function"]: _normalised(item["verdicts"]) for item in json.loads(SNAPSHOT.read_text())}
-    fresh = {f: _normalised(r.verdicts) for f, r in rows.items()}
-    for verdicts in (*snapshot.values(), *fresh.values()):
-        if verdicts["maths"] == "differs":
-            verdicts.pop("dtype", None)
+    items = json.loads(SNAPSHOT.read_text())
+    snapshot = {item["function"]: _normalised(item["verdicts"], item["differences"]) for item in items}
+    fresh = {f: _normalised(r.verdicts, r.differences) for f, r in rows.items()}
+    guarded = {f for f, v in snapshot.items() if v["maths"] == "pass or guard"}
+    for f in guarded & set(fresh):
+        if fresh[f]["maths"] == "pass":
+            fresh[f]["maths"] = "pass or guard"
+            fresh[f].pop("dtype", None)
     assert snapshot == fresh, "re-run: rlhf-oracle audit all --format json --output docs/data/audit.json"
