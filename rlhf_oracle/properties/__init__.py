@@ -1,8 +1,10 @@
 """The property-based oracle: check any implementation of the catalogue against ``rlhf_oracle.reference``.
 
-- :mod:`.registry` - one entry per formula (reference, torch twin, strategy, tolerance, paper, docs, sympy,
-  convention variants);
-- :mod:`.strategies` - hypothesis strategies that build valid and invalid inputs;
+- :mod:`.formulas` - one module per formula family: everything the oracle knows of each formula (strategy,
+  extreme regime, gradient, variants, tolerance, bad inputs, paper, docs, sympy), registered in :mod:`.registry`;
+- :mod:`.axes` - what several families share (aggregation, PPO clip, KL estimators, log-sigmoid);
+- :mod:`.cases` - the :class:`Case` and the hypothesis building blocks of inputs;
+- :mod:`.strategies` - the inputs of every property (maths, edge cases, masked slots, stability, bad inputs);
 - :mod:`.engine` - the named properties (values, gradients, edge_cases, masked_slots, masked_outputs,
   stability, dtype) and ``run_check``; :mod:`.diagnosis` - why a property failed; :mod:`.report` - the verdicts;
 - :mod:`.checks` - ``check_<formula>(candidate, *, adapter=None, dtype=torch.float64, device="cpu",
@@ -15,6 +17,7 @@
 """
 
 from . import adapters as adapters
+from . import formulas as formulas  # registers every formula family (first: the checks are built from them)
 from . import strategies as strategies
 from . import tolerances as tolerances
 from .checks import CHECKS as CHECKS

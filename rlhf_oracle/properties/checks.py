@@ -19,7 +19,8 @@ import torch
 from hypothesis import given
 
 from . import strategies as S
-from .engine import Mismatch, candidate_call, check, hypothesis_settings, run_check
+from .calls import Mismatch, candidate_call, hypothesis_settings
+from .engine import check, run_check
 from .registry import REGISTRY, get
 from .report import CheckReport, Failure, OracleMismatch, PropertyResult
 

@@ -28,7 +28,7 @@ import torch
 from hypothesis import strategies as st
 
 from . import strategies as S
-from .engine import Context, candidate_call, compare, output_dtypes, outputs, reference_outputs, rounded, sample_cases
+from .calls import Context, candidate_call, compare, output_dtypes, outputs, reference_outputs, rounded, sample_cases
 from .registry import FormulaSpec
 from .report import Failure
 from .strategies import Case
@@ -314,8 +314,8 @@ def _masked_outputs(ctx: Context, failure: Failure) -> list[str]:
             "each masked position holds the value of the next valid position: the recursion's carry is written "
             "out (verl compute_gae_advantage_return carries lastgaelam through masked tokens)"
         )
-    elif ctx.spec.id == "kl_shaped_rewards":
-        notes.append("the per-token KL penalty is written at masked positions too (not multiplied by the mask)")
+    elif ctx.spec.masked_output_note:
+        notes.append(ctx.spec.masked_output_note)
     return notes
 
 

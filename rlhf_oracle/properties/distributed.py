@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 from .. import reference as ref
 from ..torch_impl.distributed import RANK_GRADIENTS, Normaliser, micro_batch_aggregate
 from ..torch_impl.policy import AGGREGATION_MODES
+from .axes import aggregation
 
 __all__ = ["DEFAULT_SPLITS", "DistributedMismatch", "DistributedReport", "MicroBatch", "check_distributed"]
 
@@ -151,17 +152,8 @@ def _expected(batch: _Batch, agg: str, length: int, max_tokens: int | None) -> t
     """The global aggregate (reference) over the batch padded to ``length``, and its gradient by hand."""
     values, mask = batch.values[:, :length], batch.mask[:, :length]
     value = ref.aggregate(values, mask, agg, max_tokens=max_tokens)
-    b = mask.shape[0]
     grad = np.zeros_like(batch.values)
-    m = mask.astype(np.float64)
-    if agg == "token-mean":
-        g = m / m.sum()
-    elif agg == "seq-mean-token-mean":
-        g = m / (m.sum(axis=1, keepdims=True) * b)
-    elif agg == "seq-mean-token-sum":
-        g = m / b
-    else:
-        g = m / (b * (length if max_tokens is None else max_tokens))
+    g = aggregation.weights(mask, agg, max_tokens)
     grad[:, :length] = g
     return value, grad
 

@@ -14,7 +14,7 @@ A check compares the candidate's output :math:`a` with the reference output :mat
   of values of both signs, the mean of their absolute values; for ``k3 = e^{-D} - 1 + D`` near D = 0, the size
   of the terms ``1 + |D|``, not the tiny result). It makes the bound absolute where the result cancels.
 
-Every per-formula :math:`\kappa` and :math:`s` lives in the registry entry
+Every per-formula :math:`\kappa` and :math:`s` lives in the formula's family module
 (:attr:`rlhf_oracle.properties.registry.FormulaSpec.tolerance`), next to the formula it describes.
 
 The reference always runs on the *inputs the candidate saw*: the float64 master inputs are rounded to the
@@ -46,10 +46,12 @@ __all__ = [
     "bound",
     "error_ratio",
     "exp_cond",
+    "finite",
     "for_dtype",
     "recursion_cond",
     "subnormal_floor",
     "sum_cond",
+    "valid",
 ]
 
 
@@ -180,3 +182,14 @@ def error_ratio(actual: np.ndarray, expected: np.ndarray, allowed: np.ndarray) -
     ratio = np.where(one_nonfinite, np.inf, ratio)
     result: np.ndarray = np.where(np.isnan(ratio), np.inf, ratio)
     return result
+
+
+def finite(x: Any) -> np.ndarray:
+    """``x`` as float64 with NaN and +-inf set to 0 (the magnitude of an input, never of its padding)."""
+    return np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def valid(case: Any, name: str) -> np.ndarray:
+    """The finite values of input ``name`` of a :class:`~rlhf_oracle.properties.cases.Case`, 0 at its masked slots."""
+    x = finite(case.named()[name])
+    return np.where(case.mask, x, 0.0) if case.mask is not None and name in case.per_token else x

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from rlhf_oracle import torch_impl as T
-from rlhf_oracle.properties.engine import Context, Mismatch, _values_body
+from rlhf_oracle.properties.calls import Context, Mismatch
+from rlhf_oracle.properties.props import _values_body
 from rlhf_oracle.properties.registry import get
 from rlhf_oracle.properties.strategies import Case
 
@@ -163,7 +164,7 @@ def _textbook_value_loss(values, old_values, returns, mask, clip_eps: float = 0.
 
 def test_no_none_drawn_for_a_parameter_whose_signature_takes_no_none() -> None:
     from rlhf_oracle.properties.adapters import accepted_kwargs
-    from rlhf_oracle.properties.engine import sample_cases
+    from rlhf_oracle.properties.calls import sample_cases
 
     accepted = accepted_kwargs(_textbook_value_loss)
     drawn = [c.kwargs.get("clip_eps", 0.2) for c in sample_cases(get("value_loss").cases({}, accepted), 60)]

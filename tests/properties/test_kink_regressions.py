@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from rlhf_oracle import torch_impl as T
-from rlhf_oracle.properties.engine import Context, _grad_body
+from rlhf_oracle.properties.calls import Context
+from rlhf_oracle.properties.props import _grad_body
 from rlhf_oracle.properties.registry import get
 from rlhf_oracle.properties.strategies import Case
 
@@ -20,7 +21,7 @@ from rlhf_oracle.properties.strategies import Case
 @pytest.fixture(autouse=True)
 def _outside_hypothesis(monkeypatch: pytest.MonkeyPatch) -> None:
     """The gradient property steers hypothesis with target(), which is only legal inside a search."""
-    monkeypatch.setattr("rlhf_oracle.properties.engine.target", lambda *a, **k: None)
+    monkeypatch.setattr("rlhf_oracle.properties.props.target", lambda *a, **k: None)
 
 
 def _grad_error(formula: str, case: Case, fn: object = None, dtype: torch.dtype = torch.float32) -> float:

@@ -8,8 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rlhf_oracle.properties import REGISTRY
-from rlhf_oracle.properties.gradients import GRADIENTS, weights_for
+from rlhf_oracle.properties.gradients import weights_for
 from rlhf_oracle.properties.strategies import Case
+
+GRADIENTS = {f: spec.gradient for f, spec in REGISTRY.items() if spec.gradient is not None}
 
 
 def _fd(case: Case, name: str, w: np.ndarray, h: float = 1e-6) -> np.ndarray:

@@ -10,7 +10,7 @@ import rlhf_oracle.derivations as D
 import rlhf_oracle.reference as R
 import rlhf_oracle.torch_impl as T
 from rlhf_oracle.properties import CHECKS, REGISTRY, checks, strategies
-from rlhf_oracle.properties.registry import CATALOGUE, FormulaSpec
+from rlhf_oracle.properties.registry import FormulaSpec
 from rlhf_oracle.properties.tolerances import BFLOAT16, FLOAT16, FLOAT32, FLOAT64
 
 SPEC_CATALOGUE = {
@@ -18,12 +18,11 @@ SPEC_CATALOGUE = {
     "kl_estimate", "kl_exact", "kl_shaped_rewards", "rlhf_objective", "ptx_loss", "reward_model_loss",
     "ranking_loss", "gae", "whiten", "value_loss", "adaptive_kl_update", "grpo_advantages",
 }  # fmt: skip
-FAMILIES = {"dpo_loss"}  # added through registry.register (properties/families/)
+FAMILIES = {"dpo_loss"}  # added after the seed catalogue, through a family module like every other formula
 DOCS_PAGES = {"from-rl-to-lm", "ppo-clip", "instructgpt", "kl-estimators", "reward-model", "advantages", "dpo"}
 
 
 def test_every_catalogue_formula_has_an_entry() -> None:
-    assert set(CATALOGUE) == SPEC_CATALOGUE
     assert set(REGISTRY) == SPEC_CATALOGUE | FAMILIES
     functions = {n for n in R.__all__ if callable(getattr(R, n)) and n[0].islower()}
     missing = functions - set(REGISTRY)

@@ -14,7 +14,7 @@ import torch
 
 from rlhf_oracle import reference as R
 from rlhf_oracle import torch_impl as T
-from rlhf_oracle.properties.engine import sample_cases
+from rlhf_oracle.properties.calls import sample_cases
 from rlhf_oracle.properties.registry import REGISTRY
 
 SCALAR = {"aggregate", "policy_loss", "ptx_loss", "value_loss", "rlhf_objective", "reward_model_loss", "ranking_loss",

@@ -13,9 +13,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Container, Mapping
-from typing import Any
-
 import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -23,10 +20,11 @@ from hypothesis.extra import numpy as hnp
 from rlhf_oracle import reference as R
 
 from .. import tolerances as tol
-from ..gradients import Grad, _sigmoid
+from ..axes.sigmoid import log_sigmoid, naive_neg_log_sigmoid, sigmoid
+from ..cases import Accepted, Case, Draw, Fixed, Params, float_arrays
+from ..gradients import Grad
 from ..registry import Conditioning, FormulaSpec, register
-from ..strategies import Case, float_arrays
-from ..variants import Variant, _log_sigmoid, _naive_neg_log_sigmoid
+from ..variants import Variant
 
 __all__ = ["SPEC"]
 
@@ -38,28 +36,24 @@ _ARGS = ("logp_chosen", "logp_rejected", "ref_logp_chosen", "ref_logp_rejected")
 
 
 @st.composite
-def _cases(draw: Any, fixed: Mapping[str, Any], accepted: Container[str] | None) -> Case:
+def _cases(draw: Draw, fixed: Fixed, accepted: Accepted) -> Case:
     b = draw(st.integers(1, 8))
     ref_w = draw(float_arrays((b,), -80.0, -1.0))
     ref_l = draw(float_arrays((b,), -80.0, -1.0))
     spread = float(draw(st.sampled_from([0.5, 5.0, 30.0])))  # policy near or far from the reference
     w = ref_w + draw(float_arrays((b,), -spread, spread))
     lo = ref_l + draw(float_arrays((b,), -spread, spread))
-    kwargs: dict[str, Any] = {}
-    for name, strategy in (("beta", st.sampled_from([0.1, 0.5, 1.0, 0.01])),
-                           ("label_smoothing", st.sampled_from([0.0, 0.0, 0.1, 0.3]))):  # fmt: skip
-        if name in fixed:
-            kwargs[name] = fixed[name]
-        elif accepted is None or name in accepted:
-            kwargs[name] = draw(strategy)
-    return Case("dpo_loss", (w, lo, ref_w, ref_l), _ARGS, kwargs)
+    p = Params("dpo_loss", draw, fixed, accepted)
+    p("beta", st.sampled_from([0.1, 0.5, 1.0, 0.01]))
+    p("label_smoothing", st.sampled_from([0.0, 0.0, 0.1, 0.3]))
+    return Case("dpo_loss", (w, lo, ref_w, ref_l), _ARGS, p.finish())
 
 
-def _extreme(case: Case, draw: Any) -> Case:
+def _extreme(case: Case, draw: Draw) -> Case:
     """Implicit-reward gaps beta*h of 1e3-1e4: the chosen answer far more (or far less) likely than the reference
     says, on at least one pair."""
     w = np.array(case.args[0], dtype=np.float64)
-    beta = float(case.kwargs.get("beta", 0.1))
+    beta = float(case.arg("beta"))
     gaps = draw(hnp.arrays(np.float64, w.shape, elements=st.sampled_from([1e3, -1e3, 1e4, -1e4, 0.0])))
     gaps[0] = draw(st.sampled_from([1e4, -1e4, -3e3]))
     return case.with_inputs(logp_chosen=w + gaps / beta)
@@ -77,16 +71,16 @@ def _h(c: Case) -> np.ndarray:
 def _tolerance(c: Case) -> Conditioning:
     n = c.named()
     size = np.sum([np.abs(np.asarray(n[k], dtype=np.float64)) for k in _ARGS], axis=0)
-    beta = float(n.get("beta", 0.1))
+    beta = float(c.arg("beta"))
     return tol.sum_cond(size.size), float(np.mean(1.0 + beta * size))
 
 
 def _gradient(c: Case, w: np.ndarray) -> dict[str, Grad]:
     r"""dL/dh_b = -(beta/B) [(1 - eps) sigma(-beta h) - eps sigma(beta h)]; h is + logp_chosen - logp_rejected."""
-    beta = float(c.kwargs.get("beta", 0.1))
-    eps = float(c.kwargs.get("label_smoothing", 0.0))
+    beta = float(c.arg("beta"))
+    eps = float(c.arg("label_smoothing"))
     x = beta * _h(c)
-    dh = -(beta / x.size) * ((1.0 - eps) * _sigmoid(-x) - eps * _sigmoid(x)) * float(w)
+    dh = -(beta / x.size) * ((1.0 - eps) * sigmoid(-x) - eps * sigmoid(x)) * float(w)
     nan = np.full(dh.shape, np.nan)
     return {"logp_chosen": Grad(dh, nan), "logp_rejected": Grad(-dh, nan)}
 
@@ -98,28 +92,28 @@ def _gradient(c: Case, w: np.ndarray) -> dict[str, Grad]:
 def _loss(c: Case, *, beta_scale: float = 1.0, eps: float | None = None, use_ref: bool = True, swap: bool = False,
           naive: bool = False, reduce: str = "mean") -> float:  # fmt: skip
     n = c.named()
-    beta = float(n.get("beta", 0.1)) * beta_scale
-    smoothing = float(n.get("label_smoothing", 0.0)) if eps is None else eps
+    beta = float(c.arg("beta")) * beta_scale
+    smoothing = float(c.arg("label_smoothing")) if eps is None else eps
     w, lo, rw, rl = (np.asarray(n[k], dtype=np.float64) for k in _ARGS)
     h = (w - rw) - (lo - rl) if use_ref else (w - lo)
     if swap:
         h = -h
     if naive:
-        log_sig, log_sig_neg = -_naive_neg_log_sigmoid(beta * h), -_naive_neg_log_sigmoid(-beta * h)
+        log_sig, log_sig_neg = -naive_neg_log_sigmoid(beta * h), -naive_neg_log_sigmoid(-beta * h)
     else:
-        log_sig, log_sig_neg = _log_sigmoid(beta * h), _log_sigmoid(-beta * h)
+        log_sig, log_sig_neg = log_sigmoid(beta * h), log_sigmoid(-beta * h)
     with np.errstate(all="ignore"):
         losses = -(1.0 - smoothing) * log_sig - smoothing * log_sig_neg
     return float(losses.sum() if reduce == "sum" else losses.mean())
 
 
 def _ipo(c: Case) -> float:
-    beta = float(c.kwargs.get("beta", 0.1))
+    beta = float(c.arg("beta"))
     return float(np.mean((_h(c) - 1.0 / (2.0 * beta)) ** 2))
 
 
 def _smoothing_applies(c: Case) -> None:
-    if not c.kwargs.get("label_smoothing"):
+    if not c.arg("label_smoothing"):
         raise NotImplementedError
 
 
@@ -134,7 +128,7 @@ def _smoothing_flipped(c: Case) -> float:
 
 
 def _beta_ignored(c: Case) -> float:
-    beta = float(c.kwargs.get("beta", 0.1))
+    beta = float(c.arg("beta"))
     if beta == 1.0:
         raise NotImplementedError
     return _loss(c, beta_scale=1.0 / beta)
@@ -181,9 +175,8 @@ SPEC = register(
         derivations=("dpo_optimum",),
         conventions=("beta", "label_smoothing"),
         variants=tuple(VARIANTS),
+        stability=_extreme,
         stability_note="implicit-reward gaps beta*h of 1e3-1e4: sigmoid underflows to 0, log(0) = -inf",
-    ),
-    _cases,
-    stability=_extreme,
-    bad_hyper=[("beta", 0.0), ("beta", -0.1), ("label_smoothing", -0.1), ("label_smoothing", 0.7)],
+        bad_hyper=(("beta", 0.0), ("beta", -0.1), ("label_smoothing", -0.1), ("label_smoothing", 0.7)),
+    )
 )

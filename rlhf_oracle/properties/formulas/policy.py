@@ -1,0 +1,270 @@
+"""The PPO policy objective and loss: everything the oracle knows about ``ppo_clip_objective``,
+``ppo_clip_grad``, ``aggregate`` and ``policy_loss``.
+
+The clip (bounds, dual clip, kinks, objective variants) is the shared axis :mod:`..axes.ppo`, the token
+aggregation the shared axis :mod:`..axes.aggregation`; this module puts them together per formula:
+
+- inputs: log-ratios exactly at the clip bounds, tiny, moderate; advantages of both signs; clip-higher and the
+  dual clip drawn; masks with holes; the extreme regime: log-ratios to +-50;
+- the tolerance: r A amplified by exp (exp_cond), aggregated like the loss;
+- the gradients: the piecewise d/dlog pi of Schulman et al. eq. 7 (``reference.ppo_clip_grad``, proved in
+  :mod:`rlhf_oracle.derivations`) with both one-sided values at the kinks, times the aggregation weights;
+- the variants: the objective variants x a log-ratio clamp x an aggregation alternative x the sign (up to three
+  deviations at once), and the gradient's own mistakes (no zero where the clip binds, d/dr, the gradient of max).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+from rlhf_oracle import reference as R
+
+from .. import tolerances as tol
+from ..axes import aggregation as agg
+from ..axes import ppo
+from ..axes.composed import N_ALTERNATIVES, Composed, aggregate_like_variants, axes_of
+from ..cases import Accepted, BadCase, Case, Draw, Fixed, Params, advantages_like, fill_padding, masks, shape_bt
+from ..gradients import Grad, no_alt
+from ..registry import Conditioning, FormulaSpec, register
+from ..variants import Variant, negated, unused
+
+__all__ = ["AGGREGATE", "POLICY_LOSS", "PPO_CLIP_GRAD", "PPO_CLIP_OBJECTIVE"]
+
+_PPO_ARGS = ("logp", "logp_old", "advantages")
+
+# ----------------------------------------------------------------------------------------------------------------
+# inputs
+
+
+def _elementwise(formula: str) -> object:
+    @st.composite
+    def cases(draw: Draw, fixed: Fixed, accepted: Accepted) -> Case:
+        shape = draw(st.sampled_from([(draw(st.integers(1, 16)),), shape_bt(draw)]))
+        logp, logp_old, adv = ppo.arrays(draw, shape)
+        p = Params(formula, draw, fixed, accepted)
+        ppo.draw_clip(p)
+        return Case(formula, (logp, logp_old, adv), _PPO_ARGS, p.finish())
+
+    return cases
+
+
+@st.composite
+def _aggregate_cases(draw: Draw, fixed: Fixed, accepted: Accepted) -> Case:
+    b, t = shape_bt(draw)
+    p = Params("aggregate", draw, fixed, accepted)
+    mode = agg.draw_mode(p, t, name="mode")
+    m = draw(masks(b, t, min_valid=1))  # every row of a maths case has a valid token (empty rows: edge_cases)
+    if mode == "token-mean" and not m.any():
+        m[0, 0] = True
+    arrays = {"values": draw(advantages_like((b, t)))}
+    fill = fill_padding(draw, arrays, m)
+    return Case("aggregate", (arrays["values"], m), ("values", "mask"), p.finish(), m, ("values",), fill)
+
+
+@st.composite
+def _policy_loss_cases(draw: Draw, fixed: Fixed, accepted: Accepted) -> Case:
+    b, t = shape_bt(draw)
+    p = Params("policy_loss", draw, fixed, accepted)
+    ppo.draw_clip(p)
+    mode = agg.draw_mode(p, t)
+    m = draw(masks(b, t, min_valid=1))
+    if mode == "token-mean" and not m.any():
+        m[0, 0] = True
+    logp, logp_old, adv = ppo.arrays(draw, (b, t))
+    arrays = {"logp": logp, "logp_old": logp_old, "advantages": adv}
+    fill = fill_padding(draw, arrays, m)
+    args = (arrays["logp"], arrays["logp_old"], arrays["advantages"], m)
+    return Case("policy_loss", args, (*_PPO_ARGS, "mask"), p.finish(), m, _PPO_ARGS, fill)
+
+
+def _empty_row_of(arg: str) -> object:
+    def bad(c: Case, draw: Draw) -> BadCase | None:
+        return agg.empty_row(c, draw, arg)
+
+    return bad
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the maths: tolerances and gradients
+
+
+def _tol_ppo(c: Case) -> Conditioning:
+    return 1.0, ppo.scale(c)
+
+
+def _tol_aggregate(c: Case) -> Conditioning:
+    assert c.mask is not None
+    return tol.sum_cond(c.mask.size), agg.abs_scale(c, tol.valid(c, "values"), "mode")
+
+
+def _tol_policy_loss(c: Case) -> Conditioning:
+    assert c.mask is not None
+    return tol.sum_cond(c.mask.size), agg.abs_scale(c, ppo.scale(c), "agg")
+
+
+def _objective_gradient(c: Case, w: np.ndarray) -> dict[str, Grad]:
+    g, alt = ppo.kinks(c)
+    return {"logp": Grad(w * g, w * alt)}
+
+
+def _policy_loss_gradient(c: Case, w: np.ndarray) -> dict[str, Grad]:
+    assert c.mask is not None
+    g, alt = ppo.kinks(c)
+    weights = agg.weights(c.mask, *agg.settings(c))
+    value = np.where(c.mask, -weights * g, 0.0) * w
+    return {"logp": Grad(value, np.where(c.mask, -weights * alt, np.nan) * w)}
+
+
+def _aggregate_gradient(c: Case, w: np.ndarray) -> dict[str, Grad]:
+    assert c.mask is not None
+    return {"values": no_alt(w * agg.weights(c.mask, *agg.settings(c, "mode")))}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# variants
+
+
+def _grad_variants() -> list[Variant]:
+    def ratio(c: Case) -> np.ndarray:
+        n = c.named()
+        return np.asarray(np.exp(np.asarray(n["logp"]) - np.asarray(n["logp_old"])))
+
+    def unclipped(c: Case) -> np.ndarray:
+        return np.asarray(ratio(c) * c.named()["advantages"])
+
+    def wrt_ratio(c: Case) -> np.ndarray:
+        return np.asarray(R.ppo_clip_grad(*c.args, **c.kwargs) / ratio(c))
+
+    def of_max(c: Case) -> np.ndarray:
+        r, adv = ratio(c), np.asarray(c.named()["advantages"])
+        low, high, _dual = ppo.bounds(c)
+        inside = (r >= low) & (r <= high)
+        active = inside | ((adv > 0) & (r > high)) | ((adv < 0) & (r < low))
+        return np.asarray(np.where(active, r * adv, 0.0))
+
+    return [
+        Variant("no zero where the clip binds", "r A everywhere: the clip does not stop the gradient", unclipped),
+        Variant("d/dr instead of d/dlog pi", "A (or 0): the derivative with respect to the ratio r", wrt_ratio),
+        Variant("gradient of max instead of min", "the gradient of max(r A, clip(r) A)", of_max),
+        negated(R.ppo_clip_grad, "the gradient of the loss -L instead of the objective L"),
+    ]
+
+
+def _policy_loss_variants() -> list[Variant]:
+    out: list[Variant] = []
+    for obj in [*ppo.OBJECTIVES, None]:
+        for clamp in (False, True):
+            for agg_index in [*range(N_ALTERNATIVES), None]:
+                for sign in (1.0, -1.0):
+                    deviations = (obj is not None) + clamp + (agg_index is not None) + (sign < 0)
+                    if deviations == 0 or deviations > 3:
+                        continue
+                    out.append(Composed("", "", unused, None, deviations, obj, agg_index, sign, axes_of("agg"),
+                                        clamp))  # fmt: skip
+    return out
+
+
+def _values(c: Case) -> np.ndarray:
+    return np.asarray(c.args[0], dtype=np.float64)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the registry entries
+
+_CLIP = ("clip_eps", "clip_eps_high", "dual_clip")
+
+PPO_CLIP_OBJECTIVE = register(
+    FormulaSpec(
+        id="ppo_clip_objective",
+        reference=R.ppo_clip_objective,
+        torch_name="ppo_clip_objective",
+        strategy=_elementwise("ppo_clip_objective"),  # type: ignore[arg-type]
+        tolerance=_tol_ppo,
+        tolerance_note="elementwise: exp turns the rounding of Delta into a relative error ~ eps |Delta| of r "
+        "(exp_cond); the clipped branch adds |A|(1 + eps).",
+        differentiable=("logp",),
+        gradient=_objective_gradient,
+        paper="Schulman et al. 2017, Proximal Policy Optimization Algorithms",
+        equation="eq. 7",
+        docs_page="ppo-clip",
+        derivations=("ppo_clip_grad",),
+        conventions=_CLIP,
+        variants=tuple(ppo.objective_variants()),
+        exponentiates=True,
+        stability=ppo.extreme,
+        stability_note=ppo.STABILITY_NOTE,
+        bad_hyper=(("clip_eps", 0.0), ("clip_eps", -0.1), ("clip_eps", 1.5), ("dual_clip", 0.5)),
+    )
+)
+
+PPO_CLIP_GRAD = register(
+    FormulaSpec(
+        id="ppo_clip_grad",
+        reference=R.ppo_clip_grad,
+        torch_name="ppo_clip_grad",
+        strategy=_elementwise("ppo_clip_grad"),  # type: ignore[arg-type]
+        tolerance=_tol_ppo,
+        tolerance_note="as ppo_clip_objective: r A computed from exp(Delta).",
+        differentiable=(),
+        gradient=None,
+        paper="derived from Schulman et al. 2017 eq. 7 (sympy-checked)",
+        equation="d eq. 7 / d log pi",
+        docs_page="ppo-clip",
+        derivations=("ppo_clip_grad",),
+        conventions=_CLIP,
+        variants=tuple(_grad_variants()),
+        value_alternative=lambda c: ppo.kinks(c)[1],
+        exponentiates=True,
+        stability=ppo.extreme,
+        stability_note="log-ratios to +-50 (r = e^50)",
+        bad_hyper=(("clip_eps", -0.2), ("dual_clip", 1.0)),
+    )
+)
+
+AGGREGATE = register(
+    FormulaSpec(
+        id="aggregate",
+        reference=R.aggregate,
+        torch_name="aggregate",
+        strategy=_aggregate_cases,
+        tolerance=_tol_aggregate,
+        tolerance_note="a masked mean: error ~ eps * (same mean of |values|) * (1 + log2 n).",
+        differentiable=("values",),
+        gradient=_aggregate_gradient,
+        paper="the seed / DeepSeekMath eq. 1 (1/|o|); DAPO eq. 8 (token-mean); Liu et al. 2025 Dr. GRPO (constant)",
+        equation="DeepSeekMath eq. 1; DAPO eq. 8",
+        docs_page="from-rl-to-lm",
+        derivations=(),
+        conventions=("mode", "max_tokens"),
+        variants=tuple(aggregate_like_variants("mode", _values)),
+        bad_hyper=(("mode", "mean"), ("max_tokens", 0)),
+        bad_input=_empty_row_of("mode"),  # type: ignore[arg-type]
+    )
+)
+
+POLICY_LOSS = register(
+    FormulaSpec(
+        id="policy_loss",
+        reference=R.policy_loss,
+        torch_name="policy_loss",
+        strategy=_policy_loss_cases,
+        tolerance=_tol_policy_loss,
+        tolerance_note="per-token PPO scale (see ppo_clip_objective) aggregated like the loss, times the "
+        "reduction's 1 + log2 n.",
+        differentiable=("logp",),
+        gradient=_policy_loss_gradient,
+        paper="Shao et al. 2024 (DeepSeekMath) token-level PPO; Yu et al. 2025 (DAPO) clip-higher; Ye et al. 2020 "
+        "dual clip",
+        equation="DeepSeekMath eq. 1; DAPO eq. 8; Ye et al. eq. 5",
+        docs_page="ppo-clip",
+        derivations=("ppo_clip_grad",),
+        conventions=(*_CLIP, "agg", "max_tokens"),
+        variants=tuple(_policy_loss_variants()),
+        exponentiates=True,
+        stability=ppo.extreme,
+        stability_note=ppo.STABILITY_NOTE,
+        bad_hyper=(("clip_eps", 0.0), ("agg", "sum"), ("dual_clip", 0.9), ("clip_eps_high", -0.1)),
+        bad_input=_empty_row_of("agg"),  # type: ignore[arg-type]
+    )
+)
