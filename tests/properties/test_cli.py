@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_oracle.properties import cli
+from rlhf_oracle.cli import check as cli
 
 LOSSES = textwrap.dedent(
     """

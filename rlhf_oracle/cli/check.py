@@ -33,7 +33,7 @@ _DTYPES = ("float64", "float32", "bfloat16", "float16")
 
 def _conventions() -> dict[str, str]:
     """Every convention keyword of the registry -> help text."""
-    from .registry import REGISTRY
+    from rlhf_oracle.properties.registry import REGISTRY
 
     names: dict[str, list[str]] = {}
     for spec in REGISTRY.values():
@@ -172,7 +172,7 @@ def _list_formulas() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .registry import REGISTRY
+    from rlhf_oracle.properties.registry import REGISTRY
 
     table = Table(title="rlhf_oracle formulas")
     for col in ("formula", "conventions", "gradient of", "source"):
@@ -203,10 +203,10 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from . import adapters, profiles
-    from .checks import run_check
-    from .engine import validate_conventions
-    from .registry import REGISTRY
+    from rlhf_oracle.properties import adapters, profiles
+    from rlhf_oracle.properties.checks import run_check
+    from rlhf_oracle.properties.engine import validate_conventions
+    from rlhf_oracle.properties.registry import REGISTRY
 
     console = Console()
     if getattr(args, "list", False):
@@ -241,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, ImportError, AttributeError, OSError) as exc:
         return _usage(str(exc))
 
-    from .report import WAIVABLE
+    from rlhf_oracle.properties.report import WAIVABLE
 
     waive = [w.strip() for w in args.waive.split(",") if w.strip()]
     bad = [w for w in waive if w not in WAIVABLE]
