@@ -25,7 +25,19 @@ import numpy as np
 
 from .cases import Case
 
-__all__ = ["Fitted", "Variant", "by_name", "convention", "fit_constant", "fmt", "negated", "resolve", "unused", "where"]
+__all__ = [
+    "Fitted",
+    "Variant",
+    "by_name",
+    "convention",
+    "fit_constant",
+    "fmt",
+    "negated",
+    "resolve",
+    "unused",
+    "where",
+    "with_kwargs",
+]
 
 
 @dataclass(frozen=True)

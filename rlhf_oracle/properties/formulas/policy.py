@@ -15,6 +15,8 @@ aggregation the shared axis :mod:`..axes.aggregation`; this module puts them tog
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from hypothesis import strategies as st
 
@@ -37,7 +39,7 @@ _PPO_ARGS = ("logp", "logp_old", "advantages")
 # inputs
 
 
-def _elementwise(formula: str) -> object:
+def _elementwise(formula: str) -> Callable[[Fixed, Accepted], st.SearchStrategy[Case]]:
     @st.composite
     def cases(draw: Draw, fixed: Fixed, accepted: Accepted) -> Case:
         shape = draw(st.sampled_from([(draw(st.integers(1, 16)),), shape_bt(draw)]))
@@ -78,7 +80,7 @@ def _policy_loss_cases(draw: Draw, fixed: Fixed, accepted: Accepted) -> Case:
     return Case("policy_loss", args, (*_PPO_ARGS, "mask"), p.finish(), m, _PPO_ARGS, fill)
 
 
-def _empty_row_of(arg: str) -> object:
+def _empty_row_of(arg: str) -> Callable[[Case, Draw], BadCase | None]:
     def bad(c: Case, draw: Draw) -> BadCase | None:
         return agg.empty_row(c, draw, arg)
 
@@ -179,7 +181,7 @@ PPO_CLIP_OBJECTIVE = register(
         id="ppo_clip_objective",
         reference=R.ppo_clip_objective,
         torch_name="ppo_clip_objective",
-        strategy=_elementwise("ppo_clip_objective"),  # type: ignore[arg-type]
+        strategy=_elementwise("ppo_clip_objective"),
         tolerance=_tol_ppo,
         tolerance_note="elementwise: exp turns the rounding of Delta into a relative error ~ eps |Delta| of r "
         "(exp_cond); the clipped branch adds |A|(1 + eps).",
@@ -203,7 +205,7 @@ PPO_CLIP_GRAD = register(
         id="ppo_clip_grad",
         reference=R.ppo_clip_grad,
         torch_name="ppo_clip_grad",
-        strategy=_elementwise("ppo_clip_grad"),  # type: ignore[arg-type]
+        strategy=_elementwise("ppo_clip_grad"),
         tolerance=_tol_ppo,
         tolerance_note="as ppo_clip_objective: r A computed from exp(Delta).",
         differentiable=(),
@@ -239,7 +241,7 @@ AGGREGATE = register(
         conventions=("mode", "max_tokens"),
         variants=tuple(aggregate_like_variants("mode", _values)),
         bad_hyper=(("mode", "mean"), ("max_tokens", 0)),
-        bad_input=_empty_row_of("mode"),  # type: ignore[arg-type]
+        bad_input=_empty_row_of("mode"),
     )
 )
 
@@ -265,6 +267,6 @@ POLICY_LOSS = register(
         stability=ppo.extreme,
         stability_note=ppo.STABILITY_NOTE,
         bad_hyper=(("clip_eps", 0.0), ("agg", "sum"), ("dual_clip", 0.9), ("clip_eps_high", -0.1)),
-        bad_input=_empty_row_of("agg"),  # type: ignore[arg-type]
+        bad_input=_empty_row_of("agg"),
     )
 )
