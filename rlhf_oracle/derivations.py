@@ -34,7 +34,9 @@ class Derivation:
     name: str
     """Identifier, e.g. ``"ppo_clip_grad"``."""
     title: str
-    """One-line human title."""
+    """One-line human title (English)."""
+    title_zh: str
+    """The same title in Chinese (the docs' zh pages show it)."""
     statement: str
     """The claim in LaTeX (display math, without delimiters)."""
     derivation: tuple[str, ...]
@@ -84,6 +86,7 @@ def _ppo_clip_grad() -> Derivation:
     return Derivation(
         name="ppo_clip_grad",
         title="Gradient of the clipped surrogate with respect to log pi",
+        title_zh="截断代理目标对 log π 的梯度",
         statement=(
             r"\frac{\partial}{\partial \log\pi}\min\big(rA,\ \mathrm{clip}(r,1-\epsilon,1+\epsilon)A\big) = "
             r"\begin{cases} 0 & A>0,\ r>1+\epsilon \\ 0 & A<0,\ r<1-\epsilon \\ rA & \text{otherwise} \end{cases}"
@@ -122,6 +125,7 @@ def _neg_log_sigmoid_grad() -> Derivation:
     return Derivation(
         name="neg_log_sigmoid_grad",
         title="Derivative of the pairwise loss",
+        title_zh="成对损失的导数",
         statement=r"\frac{d}{d\Delta}\big[-\log\sigma(\Delta)\big] = \sigma(\Delta) - 1",
         derivation=(
             r"-\log\sigma(\Delta) = \log(1 + e^{-\Delta})",
@@ -140,6 +144,7 @@ def _neg_log_sigmoid_symmetry() -> Derivation:
     return Derivation(
         name="neg_log_sigmoid_symmetry",
         title="Swapping winner and loser",
+        title_zh="交换胜者与败者",
         statement=r"-\log\sigma(\Delta) - \big(-\log\sigma(-\Delta)\big) = -\Delta",
         derivation=(
             r"\log(1+e^{-\Delta}) - \log(1+e^{\Delta}) = \log\frac{e^{-\Delta}(e^{\Delta}+1)}{1+e^{\Delta}}",
@@ -161,6 +166,7 @@ def _neg_log_sigmoid_convexity() -> Derivation:
     return Derivation(
         name="neg_log_sigmoid_convexity",
         title="The pairwise loss is convex in the reward gap",
+        title_zh="成对损失是奖励差的凸函数",
         statement=r"\frac{d^2}{d\Delta^2}\big[-\log\sigma(\Delta)\big] = \sigma(\Delta)\big(1-\sigma(\Delta)\big) > 0",
         derivation=(
             r"\frac{d}{d\Delta}\big(\sigma(\Delta) - 1\big) = \sigma'(\Delta) = \sigma(\Delta)(1-\sigma(\Delta))",
@@ -184,6 +190,7 @@ def _ranking_normaliser() -> Derivation:
     return Derivation(
         name="ranking_normaliser",
         title="The number of comparisons among K ranked answers",
+        title_zh="K 个排序回答之间的比较次数",
         statement=(
             r"\sum_{i=1}^{K}\sum_{j=i+1}^{K} 1 = \binom{K}{2} = \frac{K(K-1)}{2}, \qquad "
             r"\binom{K}{2} \Big/ \frac{K}{2} = K - 1"
@@ -225,6 +232,7 @@ def _kl_estimators_expectation() -> Derivation:
     return Derivation(
         name="kl_estimators_expectation",
         title="Which KL estimators are unbiased",
+        title_zh="哪些 KL 估计量是无偏的",
         statement=(
             r"\mathbb{E}_{x\sim\pi}[k_1] = \mathbb{E}_{x\sim\pi}[k_3] = \mathrm{KL}(\pi\|\pi_{ref}) \ge 0,"
             r"\qquad \mathbb{E}_{x\sim\pi}[k_2] \ne \mathrm{KL}(\pi\|\pi_{ref})"
@@ -274,6 +282,7 @@ def _kl_estimator_gradients() -> Derivation:
     return Derivation(
         name="kl_estimator_gradients",
         title="Which divergence each KL estimator minimises when used as a loss",
+        title_zh="把各 KL 估计量当作损失时，它实际最小化的是哪个散度",
         statement=(
             r"\mathbb{E}_{x\sim\pi_\theta}[\nabla_\theta k_1] = 0,\quad "
             r"\mathbb{E}_{x\sim\pi_\theta}[\nabla_\theta k_2] = \nabla_\theta \mathrm{KL}(\pi_\theta\|\pi_{ref}),\quad "
@@ -322,6 +331,7 @@ def _gae_lambda_one(length: int = 5) -> Derivation:
     return Derivation(
         name="gae_lambda_one",
         title="GAE at lambda = 1 is the discounted reward-to-go minus V",
+        title_zh="λ = 1 时 GAE 等于折扣后的未来回报减去 V",
         statement=r"\hat A_t^{(\lambda=1)} = \sum_{l=0}^{T-t-1} \gamma^l r_{t+l} - V(s_t)",
         derivation=(
             r"\hat A_t = \sum_l (\gamma\lambda)^l \delta_{t+l},\ \ \delta_t = r_t + \gamma V_{t+1} - V_t,\ V_T = 0",
@@ -342,6 +352,7 @@ def _gae_lambda_zero(length: int = 5) -> Derivation:
     return Derivation(
         name="gae_lambda_zero",
         title="GAE at lambda = 0 is the one-step TD error",
+        title_zh="λ = 0 时 GAE 等于单步 TD 误差",
         statement=r"\hat A_t^{(\lambda=0)} = \delta_t = r_t + \gamma V(s_{t+1}) - V(s_t)",
         derivation=(r"\hat A_t = \delta_t + \gamma\lambda \hat A_{t+1} \ \xrightarrow{\lambda = 0}\ \delta_t",),
         holds=bool(holds),
@@ -362,6 +373,7 @@ def _kl_reward_telescoping(length: int = 5) -> Derivation:
     return Derivation(
         name="kl_reward_telescoping",
         title="KL in the reward sums to the sequence-level InstructGPT reward",
+        title_zh="奖励中的逐 token KL 求和后等于 InstructGPT 的序列级奖励",
         statement=(
             r"\sum_{t=1}^{|o|} \Big(-\beta \log\frac{\pi(o_t|q,o_{<t})}{\pi_{ref}(o_t|q,o_{<t})}"
             r" + \mathbb{1}[t=|o|]\,R\Big) = R - \beta\log\frac{\pi(o|q)}{\pi_{ref}(o|q)}"
@@ -403,6 +415,7 @@ def _dpo_optimum(n: int = 3) -> Derivation:
     return Derivation(
         name="dpo_optimum",
         title="DPO: the optimum of the KL-regularised objective, and its implicit reward",
+        title_zh="DPO：带 KL 正则目标的最优解及其隐式奖励",
         statement=r"\pi^*(y|x) = \frac{\pi_{ref}(y|x)\,e^{r(x,y)/\beta}}{Z(x)} \;\Rightarrow\; "
         r"r(x,y_w) - r(x,y_l) = \beta\log\frac{\pi^*(y_w|x)}{\pi_{ref}(y_w|x)} - \beta\log\frac{\pi^*(y_l|x)}"
         r"{\pi_{ref}(y_l|x)}",
@@ -424,6 +437,49 @@ def _dpo_optimum(n: int = 3) -> Derivation:
     )
 
 
+# --------------------------------------------------------------------------------------------------------------
+# GRPO-era losses: plain policy gradient
+
+
+def _pg_forms_same_gradient() -> Derivation:
+    """``pg_loss(form="logp")`` and ``form="ratio"``: different values, the same gradient.
+
+    The stop-gradient is modelled by a second symbol ``c`` standing for sg(log pi): it is differentiated as a
+    constant, then set equal to log pi."""
+    x, c = sp.symbols("x c", real=True)  # x = log pi, c = sg(log pi)
+    w, adv = sp.symbols("w A", real=True)
+    loss_logp = -w * adv * x
+    loss_ratio = -w * adv * sp.exp(x - c)
+    grad_logp = sp.diff(loss_logp, x)
+    grad_ratio = sp.diff(loss_ratio, x).subs(c, x)
+    value_ratio = loss_ratio.subs(c, x)
+    holds = (
+        sp.simplify(grad_ratio - grad_logp) == 0
+        and sp.simplify(grad_logp + w * adv) == 0
+        and sp.simplify(value_ratio + w * adv) == 0
+        and sp.simplify(loss_logp - value_ratio) != 0  # the values differ (they agree only where log pi = 1)
+    )
+    return Derivation(
+        name="pg_forms_same_gradient",
+        title="The two forms of the policy-gradient loss: different values, the same gradient",
+        title_zh="策略梯度损失的两种写法：取值不同，梯度相同",
+        statement=(
+            r"\frac{\partial}{\partial\log\pi}\Big(-\mathrm{sg}(w) A\,e^{\log\pi - \mathrm{sg}(\log\pi)}\Big)"
+            r" = \frac{\partial}{\partial\log\pi}\Big(-\mathrm{sg}(w) A\log\pi\Big) = -wA,"
+            r"\qquad -wA\,e^{0} = -wA \neq -wA\log\pi"
+        ),
+        derivation=(
+            r"c := \mathrm{sg}(\log\pi):\ \frac{\partial}{\partial\log\pi} e^{\log\pi - c} = e^{\log\pi - c}"
+            r"\ \xrightarrow{c = \log\pi}\ 1",
+            r"\frac{\partial}{\partial\log\pi}(-wA\log\pi) = -wA",
+            r"\text{value of the ratio form: } -wA\,e^{\log\pi-\log\pi} = -wA",
+        ),
+        holds=bool(holds),
+        page="grpo-losses",
+        exprs=MappingProxyType({"loss_logp": loss_logp, "loss_ratio": loss_ratio, "x": x, "c": c, "w": w, "A": adv}),
+    )
+
+
 _BUILDERS: dict[str, Callable[[], Derivation]] = {
     "ppo_clip_grad": _ppo_clip_grad,
     "neg_log_sigmoid_grad": _neg_log_sigmoid_grad,
@@ -436,6 +492,7 @@ _BUILDERS: dict[str, Callable[[], Derivation]] = {
     "gae_lambda_zero": _gae_lambda_zero,
     "kl_reward_telescoping": _kl_reward_telescoping,
     "dpo_optimum": _dpo_optimum,
+    "pg_forms_same_gradient": _pg_forms_same_gradient,
 }
 
 

@@ -148,8 +148,8 @@ def _verl_policy_loss(m: dict[str, SimpleNamespace]) -> Callable[..., Any]:
 def _verl_agg(m: dict[str, SimpleNamespace]) -> Callable[..., Any]:
     fn = m["core_algos"].agg_loss
 
-    def aggregate(values, mask, mode="token-mean"):  # type: ignore[no-untyped-def]
-        return fn(values, _float_mask(mask, values), mode)
+    def aggregate(values, mask, agg="token-mean"):  # type: ignore[no-untyped-def]
+        return fn(values, _float_mask(mask, values), agg)
 
     return aggregate
 
@@ -370,9 +370,9 @@ def _entries() -> list[AuditEntry]:
         e("openrlhf", "openrlhf", "openrlhf.models.loss:ValueLoss", "value_loss", _orl_value_loss,
           {"agg": "token-mean", "clip_eps": 0.5}, orl_doc),
         e("openrlhf", "openrlhf", "openrlhf.models.loss:aggregate_loss(token_level_loss=True)", "aggregate",
-          _orl_aggregate(True), {"mode": "token-mean"}),
+          _orl_aggregate(True), {"agg": "token-mean"}),
         e("openrlhf", "openrlhf", "openrlhf.models.loss:aggregate_loss(token_level_loss=False)", "aggregate",
-          _orl_aggregate(False), {"mode": "seq-mean-token-mean"}),
+          _orl_aggregate(False), {"agg": "seq-mean-token-mean"}),
         e("openrlhf", "openrlhf", "openrlhf.models.utils:compute_approx_kl", "kl_estimate", _orl_kl),
         e("openrlhf", "openrlhf", "openrlhf.models.utils:compute_reward", "kl_shaped_rewards", _orl_reward,
           {"score_position": "last"}, orl_doc),
@@ -396,7 +396,7 @@ def _entries() -> list[AuditEntry]:
         e("trl", "trl-legacy", "trl.core:masked_whiten (0.11.4)", "whiten", _trl_legacy_whiten, {"unbiased": True},
           "masked_var is Bessel-corrected"),
         e("trl", "trl-legacy", "trl.core:masked_mean (0.11.4)", "aggregate", _trl_legacy_mean,
-          {"mode": "token-mean"}),
+          {"agg": "token-mean"}),
         e("trl", "trl-legacy", "trl.trainer.utils:AdaptiveKLController.update (0.11.4)", "adaptive_kl_update",
           _adaptive(lambda m: m["trainer_utils"].AdaptiveKLController)),
     ]  # fmt: skip

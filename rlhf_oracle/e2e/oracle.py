@@ -170,8 +170,7 @@ def _scalar_scale(call: Call, inputs: dict[str, Any], expected: float) -> float:
         ratio = np.exp(np.clip(inputs["logp"] - inputs["logp_old"], -50.0, 50.0))
         return float(np.mean(np.abs(ratio * inputs["advantages"])[m])) if m.any() else abs(expected)
     if call.name == "aggregate":
-        mode = inputs.get("mode", "seq-mean-token-mean")
-        return float(R.aggregate(np.abs(inputs["values"]), inputs["mask"], mode))
+        return float(R.aggregate(np.abs(inputs["values"]), inputs["mask"], inputs.get("agg", "seq-mean-token-mean")))
     return abs(expected)
 
 

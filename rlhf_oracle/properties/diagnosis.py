@@ -386,7 +386,10 @@ def _empty_row_convention(ctx: Context, failure: Failure, rc: Case) -> str | Non
 # gradients
 
 
-def grad_diagnosis(case: Case, name: str, expected: np.ndarray, actual: np.ndarray) -> list[str]:
+def grad_diagnosis(
+    case: Case, name: str, expected: np.ndarray, actual: np.ndarray, *, stopped: bool = False
+) -> list[str]:
+    """Why the gradient of input ``name`` differs; ``stopped``: the formula puts a stop-gradient on it."""
     out = []
     if not np.any(actual) and np.any(expected):
         out.append("the gradient is zero everywhere: the output does not depend on the input through autograd")
@@ -409,6 +412,11 @@ def grad_diagnosis(case: Case, name: str, expected: np.ndarray, actual: np.ndarr
             )
         else:
             out.append(f"the gradient is the reference gradient times {f:.6g} (a different normaliser/sign)")
-    if np.any((expected == 0) & (actual != 0) & np.isfinite(actual)):
+    if stopped and np.any(actual[np.isfinite(actual)]):
+        out.append(
+            f"gradient flows into '{name}', which the formula stops (sg: it is data, e.g. importance weights): "
+            "detach it"
+        )
+    elif np.any((expected == 0) & (actual != 0) & np.isfinite(actual)):
         out.append("non-zero gradient where the reference's is exactly 0 (a clip that does not stop the gradient?)")
     return out

@@ -76,6 +76,11 @@ class FormulaSpec:
     """How to give input ``name`` a wrong shape (default: one extra leading axis)."""
     masked_output_note: str = ""
     """What it means when the formula's [B, T] output is non-zero at masked positions (for the diagnosis)."""
+    stopped: tuple[str, ...] = ()
+    """Inputs behind a stop-gradient (``sg(w)``): in ``differentiable``, their reference gradient is exactly 0."""
+    gradient_of: Callable[[Case], Case] | None = None
+    """Where the loss is defined by its gradient (``sg()`` inside): the case whose reference *value* the gradient
+    differentiates (``pg_loss(form="ratio")`` has the value -w A and the gradient of ``form="logp"``)."""
 
     @property
     def has_mask(self) -> bool:

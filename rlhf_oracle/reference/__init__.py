@@ -20,7 +20,9 @@ from .kl_control import adaptive_kl_update as adaptive_kl_update
 from .logprobs import entropy_from_logits as entropy_from_logits
 from .logprobs import token_logprobs as token_logprobs
 from .policy import AGGREGATION_MODES as AGGREGATION_MODES
+from .policy import PG_FORMS as PG_FORMS
 from .policy import aggregate as aggregate
+from .policy import pg_loss as pg_loss
 from .policy import policy_loss as policy_loss
 from .policy import ppo_clip_grad as ppo_clip_grad
 from .policy import ppo_clip_objective as ppo_clip_objective
@@ -36,6 +38,7 @@ from .value import value_loss as value_loss
 __all__ = [
     "AGGREGATION_MODES",
     "KL_ESTIMATORS",
+    "PG_FORMS",
     "SCORE_POSITIONS",
     "AdaptiveKLController",
     "GAEResult",
@@ -48,6 +51,7 @@ __all__ = [
     "kl_estimate",
     "kl_exact",
     "kl_shaped_rewards",
+    "pg_loss",
     "policy_loss",
     "ppo_clip_grad",
     "ppo_clip_objective",

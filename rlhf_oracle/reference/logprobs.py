@@ -70,7 +70,7 @@ def entropy_from_logits(logits: Any, *, temperature: float = 1.0) -> FloatArray:
         H(\pi(\cdot \mid s_t)) = -\sum_v p_v \log p_v = \log \sum_v e^{z_v} - \sum_v p_v z_v,
         \qquad p = \mathrm{softmax}(z), \; z = \text{logits} / \tau
 
-    Source: the entropy bonus S[pi](s_t) of PPO, Schulman et al. 2017 eq. 9.
+    Source: the entropy bonus ``S[pi](s_t)`` of PPO, Schulman et al. 2017 eq. 9.
 
     Shapes: ``logits`` [..., V] -> [...] (typically [B, T, V] -> [B, T]).
 

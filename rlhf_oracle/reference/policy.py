@@ -124,7 +124,7 @@ def ppo_clip_grad(
     return grad
 
 
-def aggregate(values: Any, mask: Any, mode: str = "seq-mean-token-mean", *, max_tokens: int | None = None) -> float:
+def aggregate(values: Any, mask: Any, agg: str = "seq-mean-token-mean", *, max_tokens: int | None = None) -> float:
     r"""Reduce per-token values ``[B, T]`` to a scalar under one of the conventions in use.
 
     With :math:`m_{b,t}` the mask and :math:`|o_b| = \sum_t m_{b,t}`:
@@ -154,9 +154,9 @@ def aggregate(values: Any, mask: Any, mode: str = "seq-mean-token-mean", *, max_
     fn = "aggregate"
     x = v.as_float(fn, "values", values, ndim=2, shape_doc="[B, T]")
     m = v.as_mask(fn, mask, like=x, like_name="values")
-    v.choice(fn, "mode", mode, AGGREGATION_MODES)
+    v.choice(fn, "agg", agg, AGGREGATION_MODES)
     v.finite(fn, "values", x, m)
-    return _aggregate(fn, x, m, mode, check_max_tokens(fn, max_tokens))
+    return _aggregate(fn, x, m, agg, check_max_tokens(fn, max_tokens))
 
 
 def check_max_tokens(fn: str, max_tokens: int | None) -> int | None:
@@ -169,7 +169,7 @@ def check_max_tokens(fn: str, max_tokens: int | None) -> int | None:
 
 def _aggregate(fn: str, x: FloatArray, m: BoolArray, mode: str, max_tokens: int | None) -> float:
     """The reduction itself, on validated inputs (shared by the losses that aggregate)."""
-    v.choice(fn, "agg" if fn != "aggregate" else "mode", mode, AGGREGATION_MODES)
+    v.choice(fn, "agg", mode, AGGREGATION_MODES)
     batch, length = x.shape
     if batch == 0:
         raise ValueError(f"{fn}: 'mask' must have shape [B, T] with B >= 1, got {v._shape_str(m.shape)}")
@@ -230,3 +230,76 @@ def policy_loss(
     new, old, adv = (np.where(m, arr, 0.0) for arr in (new, old, adv))
     per_token = ppo_clip_objective(new, old, adv, clip_eps, clip_eps_high=clip_eps_high, dual_clip=dual_clip)
     return -_aggregate(fn, per_token, m, agg, check_max_tokens(fn, max_tokens))
+
+
+PG_FORMS = ("logp", "ratio")
+"""How :func:`pg_loss` writes its per-token term: ``-w A log pi`` or ``-w A exp(log pi - sg(log pi))``."""
+
+
+def pg_loss(
+    logp: Any,
+    advantages: Any,
+    mask: Any,
+    weights: Any = None,
+    agg: str = "seq-mean-token-mean",
+    *,
+    form: str = "logp",
+    max_tokens: int | None = None,
+) -> float:
+    r"""Plain policy-gradient (REINFORCE) loss of a trainer step: no ratio to an old policy, no clip.
+
+    .. math::
+
+        \mathcal{L}(\theta) = -\operatorname*{agg}_{b,t}\Big(\mathrm{sg}(w_{b,t})\,A_{b,t}\,
+        \log\pi_\theta(o_{b,t} \mid q_b, o_{b,<t})\Big),
+        \qquad
+        \nabla_\theta\mathcal{L} = -\operatorname*{agg}_{b,t}\big(w_{b,t} A_{b,t}\,\nabla_\theta\log\pi_\theta\big)
+
+    where :math:`\operatorname{agg}` is one of the four token aggregations of :func:`aggregate` and
+    :math:`\mathrm{sg}` is the stop-gradient: the weights (importance-sampling corrections, see
+    ``rollout_is_weights``) and the advantages are data, never differentiated.
+
+    Source: Williams 1992, "Simple statistical gradient-following algorithms for connectionist reinforcement
+    learning", §3 (the REINFORCE update :math:`\Delta w = \alpha (r - b)\,\partial\ln\pi/\partial w`); GPG
+    (Chu et al. 2025, arXiv 2504.02546) runs it with GRPO advantages and no ratio or clip.
+
+    Shapes: ``logp``, ``advantages``, ``mask`` and ``weights`` (if given) [B, T] -> float.
+
+    Conventions:
+        - ``form="logp"`` (default; verl ``gpg``): the per-token term is :math:`-w A \log\pi`, so the loss value
+          depends on the log-probabilities. ``form="ratio"`` (verl's bypass ``reinforce`` mode, the on-policy
+          limit of PPO): :math:`-w A\,e^{\log\pi - \mathrm{sg}(\log\pi)}`, whose value is :math:`-w A`
+          (the ratio is 1) and whose gradient is the same as ``form="logp"``. This NumPy reference returns the
+          value; the gradient is the formula above (the oracle checks it).
+        - ``weights=None`` means :math:`w = 1` (plain REINFORCE); verl's bypass mode passes its truncated
+          importance-sampling weights here.
+        - ``agg``: the default is the seed's per-sequence 1/|o| mean; verl's ``gpg`` uses ``"token-mean"``, its
+          ``reinforce`` mode ``"seq-mean-token-sum"``.
+        - Masked positions may hold anything (NaN included).
+    """
+    fn = "pg_loss"
+    new = v.as_float(fn, "logp", logp, ndim=2, shape_doc="[B, T]")
+    adv = v.as_float(fn, "advantages", advantages)
+    v.same_shape(fn, "advantages", adv, "logp", new)
+    m = v.as_mask(fn, mask, like=new, like_name="logp")
+    if weights is None:
+        w = np.ones_like(new)
+    else:
+        w = v.as_float(fn, "weights", weights)
+        v.same_shape(fn, "weights", w, "logp", new)
+    v.choice(fn, "agg", agg, AGGREGATION_MODES)
+    v.choice(fn, "form", form, PG_FORMS)
+    mt = check_max_tokens(fn, max_tokens)
+    for name, arr in (("logp", new), ("advantages", adv), ("weights", w)):
+        v.finite(fn, name, arr, m)
+    batch, length = new.shape
+    per_token = np.zeros((batch, length))
+    for b in range(batch):
+        for t in range(length):
+            if not m[b, t]:
+                continue
+            if form == "logp":
+                per_token[b, t] = w[b, t] * adv[b, t] * new[b, t]
+            else:  # exp(logp - sg(logp)) = 1 in value
+                per_token[b, t] = w[b, t] * adv[b, t]
+    return -_aggregate(fn, per_token, m, agg, mt)

@@ -31,7 +31,9 @@ from .logprobs import entropy_from_logits as entropy_from_logits
 from .logprobs import logprobs_and_entropy as logprobs_and_entropy
 from .logprobs import token_logprobs as token_logprobs
 from .policy import AGGREGATION_MODES as AGGREGATION_MODES
+from .policy import PG_FORMS as PG_FORMS
 from .policy import aggregate as aggregate
+from .policy import pg_loss as pg_loss
 from .policy import policy_loss as policy_loss
 from .policy import ppo_clip_grad as ppo_clip_grad
 from .policy import ppo_clip_objective as ppo_clip_objective
@@ -47,6 +49,7 @@ from .value import value_loss as value_loss
 __all__ = [
     "AGGREGATION_MODES",
     "KL_ESTIMATORS",
+    "PG_FORMS",
     "SCORE_POSITIONS",
     "AdaptiveKLController",
     "GAEResult",
@@ -65,6 +68,7 @@ __all__ = [
     "micro_batch_aggregate",
     "micro_batch_policy_loss",
     "micro_batch_value_loss",
+    "pg_loss",
     "policy_loss",
     "ppo_clip_grad",
     "ppo_clip_objective",

@@ -51,12 +51,12 @@ class Normaliser:
     world_size: int = 1
     """Ranks whose gradients are combined (1 without torch.distributed)."""
 
-    def denominator(self, mode: str, max_tokens: int | None = None) -> int:
-        """D of the module docstring for ``mode`` (for ``seq-mean-token-mean`` the 1/|o_b| is per row)."""
-        v.choice("Normaliser.denominator", "mode", mode, AGGREGATION_MODES)
-        if mode == "token-mean":
+    def denominator(self, agg: str, max_tokens: int | None = None) -> int:
+        """D of the module docstring for ``agg`` (for ``seq-mean-token-mean`` the 1/|o_b| is per row)."""
+        v.choice("Normaliser.denominator", "agg", agg, AGGREGATION_MODES)
+        if agg == "token-mean":
             return self.tokens
-        if mode == "seq-mean-token-sum-norm":
+        if agg == "seq-mean-token-sum-norm":
             return self.sequences * (self.length if max_tokens is None else max_tokens)
         return self.sequences
 
@@ -114,7 +114,7 @@ def _share(
     rank_gradients: str,
 ) -> torch.Tensor:  # fmt: skip
     """The share on validated inputs (``x`` finite at valid positions; masked ones are where-ed to 0)."""
-    v.choice(fn, "mode" if fn == "micro_batch_aggregate" else "agg", mode, AGGREGATION_MODES)
+    v.choice(fn, "agg", mode, AGGREGATION_MODES)
     v.choice(fn, "rank_gradients", rank_gradients, RANK_GRADIENTS)
     if not isinstance(normaliser, Normaliser):
         got = type(normaliser).__name__
@@ -138,7 +138,7 @@ def _share(
 def micro_batch_aggregate(
     values: torch.Tensor,
     mask: torch.Tensor,
-    mode: str,
+    agg: str,
     normaliser: Normaliser,
     *,
     max_tokens: int | None = None,
@@ -158,7 +158,7 @@ def micro_batch_aggregate(
     x = v.as_float(fn, "values", values, ndim=2, shape_doc="[B, T]")
     m = v.as_mask(fn, mask, like=x, like_name="values")
     v.finite(fn, "values", x, m)
-    return _share(fn, x, m, mode, normaliser, max_tokens, rank_gradients).to(x.dtype)
+    return _share(fn, x, m, agg, normaliser, max_tokens, rank_gradients).to(x.dtype)
 
 
 def micro_batch_policy_loss(

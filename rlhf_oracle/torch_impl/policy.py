@@ -110,11 +110,9 @@ def ppo_clip_grad(
     return torch.where(flat, 0.0, ratio * adv).to(out_dtype)
 
 
-def _aggregate(
-    fn: str, x: torch.Tensor, m: torch.Tensor, mode: str, max_tokens: int | None, *, mode_arg: str = "agg"
-) -> torch.Tensor:
+def _aggregate(fn: str, x: torch.Tensor, m: torch.Tensor, mode: str, max_tokens: int | None) -> torch.Tensor:
     """The reduction on validated inputs; ``x`` must already be 0 (finite) at masked positions or is where-ed."""
-    v.choice(fn, mode_arg, mode, AGGREGATION_MODES)
+    v.choice(fn, "agg", mode, AGGREGATION_MODES)
     batch, length = x.shape
     if batch == 0:
         raise ValueError(f"{fn}: 'mask' must have shape [B, T] with B >= 1, got {v.shape_str(m.shape)}")
@@ -136,7 +134,7 @@ def _aggregate(
 
 
 def aggregate(
-    values: torch.Tensor, mask: torch.Tensor, mode: str = "seq-mean-token-mean", *, max_tokens: int | None = None
+    values: torch.Tensor, mask: torch.Tensor, agg: str = "seq-mean-token-mean", *, max_tokens: int | None = None
 ) -> torch.Tensor:
     r"""Masked reduction of ``[B, T]`` values to a 0-dim tensor under one of :data:`AGGREGATION_MODES`.
 
@@ -148,9 +146,9 @@ def aggregate(
     fn = "aggregate"
     x = v.as_float(fn, "values", values, ndim=2, shape_doc="[B, T]")
     m = v.as_mask(fn, mask, like=x, like_name="values")
-    v.choice(fn, "mode", mode, AGGREGATION_MODES)
+    v.choice(fn, "agg", agg, AGGREGATION_MODES)
     v.finite(fn, "values", x, m)
-    return _aggregate(fn, x, m, mode, v.optional_positive_int(fn, "max_tokens", max_tokens), mode_arg="mode")
+    return _aggregate(fn, x, m, agg, v.optional_positive_int(fn, "max_tokens", max_tokens))
 
 
 def policy_loss(
@@ -202,3 +200,47 @@ def _per_token_objective(
     max_tokens = v.optional_positive_int(fn, "max_tokens", max_tokens)
     new, old, adv = (torch.where(m, arr, 0.0) for arr in (new, old, adv))
     return _surrogate(new, old, adv, low, high, c), m, _out_dtype(new, old, adv), max_tokens
+
+
+PG_FORMS = ("logp", "ratio")
+
+
+def pg_loss(
+    logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    agg: str = "seq-mean-token-mean",
+    *,
+    form: str = "logp",
+    max_tokens: int | None = None,
+) -> torch.Tensor:
+    r"""Plain policy-gradient loss :math:`-\mathrm{agg}(\mathrm{sg}(w) A \log\pi)`, a 0-dim tensor.
+
+    ``form="ratio"`` writes the term as :math:`-\mathrm{sg}(w) A e^{\log\pi - \mathrm{sg}(\log\pi)}` (value
+    :math:`-w A`, same gradient). ``weights`` and ``advantages`` are detached; masked positions are replaced by 0
+    before anything is computed. See :func:`rlhf_oracle.reference.pg_loss` (Williams 1992; GPG, Chu et al. 2025).
+    """
+    fn = "pg_loss"
+    new = v.as_float(fn, "logp", logp, ndim=2, shape_doc="[B, T]")
+    adv = v.as_float(fn, "advantages", advantages)
+    v.same_shape(fn, "advantages", adv, "logp", new)
+    m = v.as_mask(fn, mask, like=new, like_name="logp")
+    w = None
+    if weights is not None:
+        w = v.as_float(fn, "weights", weights)
+        v.same_shape(fn, "weights", w, "logp", new)
+    v.choice(fn, "agg", agg, AGGREGATION_MODES)
+    v.choice(fn, "form", form, PG_FORMS)
+    max_tokens = v.optional_positive_int(fn, "max_tokens", max_tokens)
+    for name, arr in (("logp", new), ("advantages", adv), ("weights", w)):
+        if arr is not None:
+            v.finite(fn, name, arr, m)
+    out_dtype = _out_dtype(new, adv) if w is None else _out_dtype(new, adv, w)
+    acc = v.acc_dtype(out_dtype)
+    new = torch.where(m, new, 0.0).to(acc)
+    coef = torch.where(m, adv.detach(), 0.0).to(acc)
+    if w is not None:
+        coef = coef * torch.where(m, w.detach(), 0.0).to(acc)
+    term = new if form == "logp" else torch.exp(new - new.detach())
+    return -_aggregate(fn, coef * term, m, agg, max_tokens).to(out_dtype)

@@ -8,8 +8,10 @@ cannot drift from the code. Every function takes the page language (``"en"`` or 
 from __future__ import annotations
 
 import base64
+import inspect
 import io
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -286,8 +288,72 @@ def table_audit(lang: Lang) -> str:
     return render_markdown(rows_from_json(path.read_text(encoding="utf-8")))
 
 
+def _plain_signature(obj: object) -> inspect.Signature:
+    """The signature without annotations (defaults, kinds and order are the contract)."""
+    sig = inspect.signature(obj)  # type: ignore[arg-type]
+    params = [p.replace(annotation=inspect.Parameter.empty) for p in sig.parameters.values()]
+    return sig.replace(parameters=params, return_annotation=inspect.Signature.empty)
+
+
+def _paragraph(doc: str, prefix: str) -> str:
+    for block in doc.split("\n\n"):
+        if block.strip().startswith(prefix):
+            text = " ".join(line.strip() for line in block.strip().splitlines())
+            return text[len(prefix) :].strip(" :")
+    return ""
+
+
+def _md_cell(text: str) -> str:
+    text = re.sub(r":math:`([^`]*)`", r"$\1$", text)
+    text = text.replace("|", "\\|").replace(":func:", "").replace(":data:", "").replace(":class:", "")
+    return text.replace("``", "`")
+
+
+def catalogue_rows() -> list[tuple[str, str, str, str, str]]:
+    """Per public callable of ``rlhf_oracle.reference``: (name, signature, summary, shapes, source), read from the
+    code. Raises when the torch twin's signature differs (a twin-only or reference-only name is allowed for the
+    documented exceptions: classes with state and the twin's fused functions)."""
+    from rlhf_oracle import torch_impl as ti
+
+    rows = []
+    for name in ref.__all__:
+        obj = getattr(ref, name)
+        if not callable(obj) or (inspect.isclass(obj) and issubclass(obj, tuple)):
+            continue  # constants and result tuples
+        sig = _plain_signature(obj)
+        twin = getattr(ti, name, None)
+        if twin is None:
+            raise ValueError(f"api contract: {name} has no torch twin")
+        twin_params = list(_plain_signature(twin).parameters.values())
+        shared, extra = twin_params[: len(sig.parameters)], twin_params[len(sig.parameters) :]
+        if shared != list(sig.parameters.values()) or any(
+            p.kind is not inspect.Parameter.KEYWORD_ONLY or p.default is inspect.Parameter.empty for p in extra
+        ):  # the twin may add keyword-only tuning knobs with defaults (chunk_size), nothing else
+            raise ValueError(f"api contract: torch_impl.{name}{_plain_signature(twin)} differs from reference {sig}")
+        doc = inspect.getdoc(obj) or ""
+        summary = doc.splitlines()[0] if doc else ""
+        rows.append((name, f"{name}{sig}", summary, _paragraph(doc, "Shapes"), _paragraph(doc, "Source")))
+    return rows
+
+
+def table_catalogue(lang: Lang) -> str:
+    """The catalogue of the API contract: every formula's exact signature (generated; the twin's must be the same)."""
+    header = [
+        _tr(lang, "signature (reference = torch twin)", "签名（reference 与 torch 孪生实现相同）"),
+        _tr(lang, "what it computes", "计算内容"),
+        _tr(lang, "shapes", "形状"),
+        _tr(lang, "source", "出处"),
+    ]
+    rows = [
+        [f"[`{sig}`][rlhf_oracle.reference.{name}]", _md_cell(summary), _md_cell(shapes), _md_cell(source)]
+        for name, sig, summary, shapes, source in catalogue_rows()
+    ]
+    return _table(header, rows)
+
+
 TABLES: dict[str, Callable[[Lang], str]] = {
     "audit": table_audit,
+    "catalogue": table_catalogue,
     "aggregation": table_aggregation,
     "kl_estimators": table_kl_estimators,
     "ranking_normaliser": table_ranking_normaliser,

@@ -35,21 +35,6 @@ RUN_BLOCK = re.compile(
     r"<!--\s*run\s*-->[ \t]*\n(?P<fence>```+)python[^\n]*\n(?P<code>.*?)\n(?P=fence)[ \t]*(?=\n|$)", re.S
 )
 
-#: Chinese titles of the derivations (the English ones come from the module itself)
-ZH_TITLES = {
-    "ppo_clip_grad": "截断代理目标对 log π 的梯度",
-    "neg_log_sigmoid_grad": "成对损失的导数",
-    "neg_log_sigmoid_symmetry": "交换胜者与败者",
-    "neg_log_sigmoid_convexity": "成对损失是奖励差的凸函数",
-    "ranking_normaliser": "K 个排序回答之间的比较次数",
-    "kl_estimators_expectation": "哪些 KL 估计量是无偏的",
-    "kl_estimator_gradients": "把各 KL 估计量当作损失时，它实际最小化的是哪个散度",
-    "gae_lambda_one": "λ = 1 时 GAE 等于折扣后的未来回报减去 V",
-    "gae_lambda_zero": "λ = 0 时 GAE 等于单步 TD 误差",
-    "kl_reward_telescoping": "奖励中的逐 token KL 求和后等于 InstructGPT 的序列级奖励",
-    "dpo_optimum": "DPO：带 KL 正则目标的最优解及其隐式奖励",
-}
-
 _rendered: set[str] = set()
 
 
@@ -79,9 +64,9 @@ def render_derivation(name: str, slug: str, lang: str) -> str:
         raise PluginError(f"derivation {name!r} does not hold: sympy did not confirm {d.statement!r}")
     if d.page != slug:
         raise PluginError(f"derivation {name!r} belongs on page {d.page!r}, but its marker is on {slug!r}")
-    if lang == "zh" and name not in ZH_TITLES:
-        raise PluginError(f"derivation {name!r} has no Chinese title in ZH_TITLES ({__file__})")
-    title = ZH_TITLES[name] if lang == "zh" else d.title
+    if lang == "zh" and not d.title_zh:
+        raise PluginError(f"derivation {name!r} has no Chinese title (Derivation.title_zh)")
+    title = d.title_zh if lang == "zh" else d.title
     label = "sympy 已在构建时验证" if lang == "zh" else "checked by sympy at build time"
     steps_label = "推导步骤" if lang == "zh" else "Steps"
     body = [f'!!! success "{title} ({label})"', "", f"    `{name}`", "", "    $$", f"    {d.statement}", "    $$", ""]

@@ -72,9 +72,9 @@ def test_the_recorder_is_the_twin_and_records_only_when_asked() -> None:
         out = F.aggregate(x, m, "token-mean")
     assert calls == [] and out == T.aggregate(x, m, "token-mean")
     with F.recording() as calls:
-        F.aggregate(x, m, mode="token-mean")
+        F.aggregate(x, m, agg="token-mean")
     (call,) = calls
-    assert call.name == "aggregate" and call.kwargs == {"mode": "token-mean"}
+    assert call.name == "aggregate" and call.kwargs == {"agg": "token-mean"}
     assert call.args[0].dtype == np.float64 and call.args[1].dtype == np.bool_
 
 

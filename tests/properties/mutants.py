@@ -342,12 +342,12 @@ def _gae_writes_carry(
     return adv, _where0(mask.bool(), adv + v)
 
 
-def _agg_empty_rows_as_zero(values: Tensor, mask: Tensor, mode: str = "seq-mean-token-mean") -> Tensor:
+def _agg_empty_rows_as_zero(values: Tensor, mask: Tensor, agg: str = "seq-mean-token-mean") -> Tensor:
     m = mask.bool()
     return (_where0(m, values).sum(-1) / m.sum(-1).clamp(min=1)).mean()  # an empty row adds 0 and counts in B
 
 
-def _agg_multiply_by_mask(values: Tensor, mask: Tensor, mode: str = "seq-mean-token-mean") -> Tensor:
+def _agg_multiply_by_mask(values: Tensor, mask: Tensor, agg: str = "seq-mean-token-mean") -> Tensor:
     mf = mask.to(values.dtype)
     return ((values * mf).sum(-1) / mf.sum(-1)).mean()  # NaN * 0 = NaN
 
@@ -360,6 +360,34 @@ def _kl_shaped_penalty_everywhere(
     last = _last_valid(m)
     rewards[torch.arange(m.shape[0]), last] += scores
     return rewards
+
+
+def _pg_loss(
+    *, detach_weights: bool = True, ratio_without_sg: bool = False, ignore_weights: bool = False,
+    reduce: Callable[[Tensor, Tensor], Tensor] | None = None,
+) -> Callable[..., Tensor]:  # fmt: skip
+    """REINFORCE / GPG loss -sg(w) A log pi, seq-mean-token-mean, with one bug switched on."""
+
+    def pg_loss(
+        logp: Tensor, advantages: Tensor, mask: Tensor, weights: Tensor | None = None,
+        agg: str = "seq-mean-token-mean", *, form: str = "logp",
+    ) -> Tensor:  # fmt: skip
+        m = mask.bool()
+        logp = _where0(m, logp)
+        coef = _where0(m, advantages)
+        if weights is not None and not ignore_weights:
+            w = _where0(m, weights)
+            coef = coef * (w.detach() if detach_weights else w)
+        if form == "logp":
+            term = logp
+        else:  # exp(logp - sg(logp)); the bug: no sg, so the ratio is the constant 1
+            term = torch.exp(logp - (logp if ratio_without_sg else logp.detach()))
+        per_token = -coef * term
+        if reduce is not None:
+            return reduce(per_token, m)
+        return (_where0(m, per_token).sum(-1) / m.sum(-1)).mean()
+
+    return pg_loss
 
 
 MUTANTS: list[Mutant] = [
@@ -417,12 +445,22 @@ MUTANTS: list[Mutant] = [
     Mutant("GAE writes its carry at masked positions (verl)", "gae", _gae_writes_carry,
            "verl compute_gae_advantage_return", "recursion's carry", {}, "masked_outputs"),
     Mutant("empty row counted as zero", "aggregate", _agg_empty_rows_as_zero, "clamp(min=1) denominator",
-           "empty row counted as zero", {"mode": "seq-mean-token-mean", "strict": True}, "edge_cases"),
+           "empty row counted as zero", {"agg": "seq-mean-token-mean", "strict": True}, "edge_cases"),
     # (a value where the reference refuses an empty row is a finding, reported as "differs"; strict fails it)
     Mutant("aggregate leaks NaN through multiply-by-mask", "aggregate", _agg_multiply_by_mask,
-           "OpenRLHF PR #1240", "multiply-by-mask", {"mode": "seq-mean-token-mean"}, "masked_slots"),
+           "OpenRLHF PR #1240", "multiply-by-mask", {"agg": "seq-mean-token-mean"}, "masked_slots"),
     Mutant("KL penalty written at masked positions", "kl_shaped_rewards", _kl_shaped_penalty_everywhere,
            "penalty not masked", "masked positions", {}, "masked_outputs"),
+    # pg_loss (REINFORCE / GPG)
+    Mutant("importance weights not detached", "pg_loss", _pg_loss(detach_weights=False), "sg(w) missing",
+           "gradient flows into 'weights'", {"agg": "seq-mean-token-mean"}, "gradients"),
+    Mutant("ratio form without the stop-gradient", "pg_loss", _pg_loss(ratio_without_sg=True),
+           "exp(logp - logp): sg() misplaced", "the gradient is zero everywhere",
+           {"form": "ratio", "agg": "seq-mean-token-mean"}, "gradients"),
+    Mutant("importance weights ignored", "pg_loss", _pg_loss(ignore_weights=True), "verl bypass without TIS",
+           "weights ignored", {"agg": "seq-mean-token-mean"}),
+    Mutant("pg loss token-mean where seq-mean-token-mean is asked", "pg_loss", _pg_loss(reduce=_token_mean),
+           "verl gpg default", "agg='token-mean'", {"agg": "seq-mean-token-mean"}),
 ]  # fmt: skip
 """Wrong implementations: each must be rejected, with the named diagnosis."""
 

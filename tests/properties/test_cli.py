@@ -206,7 +206,7 @@ SPAN_LOSS = textwrap.dedent(
     """
     import torch
 
-    def span_mean(values, mask, mode="seq-mean-token-mean"):
+    def span_mean(values, mask, agg="seq-mean-token-mean"):
         # |o_b| counted as the span from the first to the last valid token: right only without holes
         m = mask.bool()
         idx = torch.arange(m.shape[1]).expand_as(m)
@@ -225,7 +225,7 @@ def test_mask_layout_lets_a_trainer_without_holes_say_so(tmp_path: Path, capsys:
         f"{path}:span_mean",
         "-f",
         "aggregate",
-        "--mode",
+        "--agg",
         "seq-mean-token-mean",
         "--max-examples",
         "30",

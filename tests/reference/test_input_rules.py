@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -17,8 +19,8 @@ from rlhf_oracle import torch_impl as T
 from rlhf_oracle.properties.calls import sample_cases
 from rlhf_oracle.properties.registry import REGISTRY
 
-SCALAR = {"aggregate", "policy_loss", "ptx_loss", "value_loss", "rlhf_objective", "reward_model_loss", "ranking_loss",
-          "dpo_loss"}  # fmt: skip
+SCALAR = {f for f, spec in REGISTRY.items() if inspect.signature(spec.reference).return_annotation in ("float", float)}
+"""The formulas that reduce the batch to one number (read from the reference's return annotation)."""
 NO_BATCH = {"adaptive_kl_update", "entropy_from_logits"}  # no batch axis of its own / drawn without one
 
 

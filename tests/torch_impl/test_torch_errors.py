@@ -106,7 +106,7 @@ def test_dtype() -> None:
         ),
         (
             lambda: ti.aggregate(z(1, 2), ones_mask(1, 2), "mean"),
-            "aggregate: 'mode' must be one of ('seq-mean-token-mean', 'token-mean', 'seq-mean-token-sum', "
+            "aggregate: 'agg' must be one of ('seq-mean-token-mean', 'token-mean', 'seq-mean-token-sum', "
             "'seq-mean-token-sum-norm'), got 'mean'",
         ),
         (

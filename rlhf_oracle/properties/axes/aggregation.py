@@ -1,4 +1,4 @@
-"""The aggregation axis: how per-token values become one scalar (``agg=`` of the losses, ``mode=`` of
+"""The aggregation axis: how per-token values become one scalar (``agg=`` of the losses and of
 ``aggregate``), shared by ``aggregate``, ``policy_loss``, ``ptx_loss``, ``value_loss``, the distributed check and
 the in-loop oracle.
 

@@ -1,5 +1,5 @@
-"""The PPO policy objective and loss: everything the oracle knows about ``ppo_clip_objective``,
-``ppo_clip_grad``, ``aggregate`` and ``policy_loss``.
+"""The policy objectives and losses: everything the oracle knows about ``ppo_clip_objective``,
+``ppo_clip_grad``, ``aggregate``, ``policy_loss`` and ``pg_loss``.
 
 The clip (bounds, dual clip, kinks, objective variants) is the shared axis :mod:`..axes.ppo`, the token
 aggregation the shared axis :mod:`..axes.aggregation`; this module puts them together per formula:
@@ -10,7 +10,10 @@ aggregation the shared axis :mod:`..axes.aggregation`; this module puts them tog
 - the gradients: the piecewise d/dlog pi of Schulman et al. eq. 7 (``reference.ppo_clip_grad``, proved in
   :mod:`rlhf_oracle.derivations`) with both one-sided values at the kinks, times the aggregation weights;
 - the variants: the objective variants x a log-ratio clamp x an aggregation alternative x the sign (up to three
-  deviations at once), and the gradient's own mistakes (no zero where the clip binds, d/dr, the gradient of max).
+  deviations at once), and the gradient's own mistakes (no zero where the clip binds, d/dr, the gradient of max);
+- ``pg_loss`` (REINFORCE / GPG): log-probabilities, advantages and, when the candidate takes them, importance
+  weights; its gradient -agg(w A) on ``logp`` whatever the ``form``, and exactly 0 on ``weights`` (sg); the
+  variants: the other ``form``, the weights ignored, the aggregation alternatives and the sign.
 """
 
 from __future__ import annotations
@@ -26,12 +29,24 @@ from .. import tolerances as tol
 from ..axes import aggregation as agg
 from ..axes import ppo
 from ..axes.composed import N_ALTERNATIVES, Composed, aggregate_like_variants, axes_of
-from ..cases import Accepted, BadCase, Case, Draw, Fixed, Params, advantages_like, fill_padding, masks, shape_bt
+from ..cases import (
+    Accepted,
+    BadCase,
+    Case,
+    Draw,
+    Fixed,
+    Params,
+    advantages_like,
+    fill_padding,
+    float_arrays,
+    masks,
+    shape_bt,
+)
 from ..gradients import Grad, no_alt
 from ..registry import Conditioning, FormulaSpec, register
 from ..variants import Variant, negated, unused
 
-__all__ = ["AGGREGATE", "POLICY_LOSS", "PPO_CLIP_GRAD", "PPO_CLIP_OBJECTIVE"]
+__all__ = ["AGGREGATE", "PG_LOSS", "POLICY_LOSS", "PPO_CLIP_GRAD", "PPO_CLIP_OBJECTIVE"]
 
 _PPO_ARGS = ("logp", "logp_old", "advantages")
 
@@ -55,7 +70,7 @@ def _elementwise(formula: str) -> Callable[[Fixed, Accepted], st.SearchStrategy[
 def _aggregate_cases(draw: Draw, fixed: Fixed, accepted: Accepted) -> Case:
     b, t = shape_bt(draw)
     p = Params("aggregate", draw, fixed, accepted)
-    mode = agg.draw_mode(p, t, name="mode")
+    mode = agg.draw_mode(p, t)
     m = draw(masks(b, t, min_valid=1))  # every row of a maths case has a valid token (empty rows: edge_cases)
     if mode == "token-mean" and not m.any():
         m[0, 0] = True
@@ -97,7 +112,7 @@ def _tol_ppo(c: Case) -> Conditioning:
 
 def _tol_aggregate(c: Case) -> Conditioning:
     assert c.mask is not None
-    return tol.sum_cond(c.mask.size), agg.abs_scale(c, tol.valid(c, "values"), "mode")
+    return tol.sum_cond(c.mask.size), agg.abs_scale(c, tol.valid(c, "values"), "agg")
 
 
 def _tol_policy_loss(c: Case) -> Conditioning:
@@ -120,7 +135,7 @@ def _policy_loss_gradient(c: Case, w: np.ndarray) -> dict[str, Grad]:
 
 def _aggregate_gradient(c: Case, w: np.ndarray) -> dict[str, Grad]:
     assert c.mask is not None
-    return {"values": no_alt(w * agg.weights(c.mask, *agg.settings(c, "mode")))}
+    return {"values": no_alt(w * agg.weights(c.mask, *agg.settings(c, "agg")))}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -238,10 +253,10 @@ AGGREGATE = register(
         equation="DeepSeekMath eq. 1; DAPO eq. 8",
         docs_page="from-rl-to-lm",
         derivations=(),
-        conventions=("mode", "max_tokens"),
-        variants=tuple(aggregate_like_variants("mode", _values)),
-        bad_hyper=(("mode", "mean"), ("max_tokens", 0)),
-        bad_input=_empty_row_of("mode"),
+        conventions=("agg", "max_tokens"),
+        variants=tuple(aggregate_like_variants("agg", _values)),
+        bad_hyper=(("agg", "mean"), ("max_tokens", 0)),
+        bad_input=_empty_row_of("agg"),
     )
 )
 
@@ -267,6 +282,108 @@ POLICY_LOSS = register(
         stability=ppo.extreme,
         stability_note=ppo.STABILITY_NOTE,
         bad_hyper=(("clip_eps", 0.0), ("agg", "sum"), ("dual_clip", 0.9), ("clip_eps_high", -0.1)),
+        bad_input=_empty_row_of("agg"),
+    )
+)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# pg_loss: REINFORCE / GPG, no ratio to an old policy and no clip
+
+_PG_ARGS = ("logp", "advantages")
+
+
+@st.composite
+def _pg_loss_cases(draw: Draw, fixed: Fixed, accepted: Accepted) -> Case:
+    b, t = shape_bt(draw)
+    p = Params("pg_loss", draw, fixed, accepted)
+    mode = agg.draw_mode(p, t)
+    p("form", st.sampled_from(R.PG_FORMS))
+    m = draw(masks(b, t, min_valid=1))
+    if mode == "token-mean" and not m.any():
+        m[0, 0] = True
+    arrays = {"logp": draw(float_arrays((b, t), -12.0, 0.0)), "advantages": draw(advantages_like((b, t)))}
+    weights = p("weights", st.one_of(st.none(), float_arrays((b, t), 0.0, 3.0)))
+    if weights is not None:
+        arrays["weights"] = weights
+    fill = fill_padding(draw, arrays, m)
+    kwargs = p.finish()
+    if weights is not None:
+        kwargs["weights"] = arrays["weights"]
+    args = (arrays["logp"], arrays["advantages"], m)
+    return Case("pg_loss", args, (*_PG_ARGS, "mask"), kwargs, m, tuple(arrays), fill)
+
+
+def _pg_weights(c: Case) -> np.ndarray:
+    w = c.arg("weights")
+    return np.ones_like(tol.valid(c, "logp")) if w is None else tol.valid(c, "weights")
+
+
+def _pg_per_token(c: Case, form: str | None = None, *, weighted: bool = True) -> np.ndarray:
+    """The per-token loss term -w A log pi (``form="logp"``) or -w A (``"ratio"``), 0 at masked slots."""
+    coef = tol.valid(c, "advantages") * (_pg_weights(c) if weighted else 1.0)
+    if (form or c.arg("form")) == "logp":
+        coef = coef * tol.valid(c, "logp")
+    return np.asarray(-coef)
+
+
+def _tol_pg_loss(c: Case) -> Conditioning:
+    assert c.mask is not None
+    size = np.abs(_pg_weights(c) * tol.valid(c, "advantages")) * (1.0 + np.abs(tol.valid(c, "logp")))
+    return tol.sum_cond(c.mask.size), agg.abs_scale(c, size)
+
+
+def _pg_loss_gradient(c: Case, w: np.ndarray) -> dict[str, Grad]:
+    assert c.mask is not None
+    weights = agg.weights(c.mask, *agg.settings(c))
+    g = np.where(c.mask, -weights * _pg_weights(c) * tol.valid(c, "advantages"), 0.0) * w
+    out = {"logp": no_alt(g)}
+    if c.arg("weights") is not None:  # sg(w): the weights are data
+        out["weights"] = no_alt(np.zeros_like(g))
+    return out
+
+
+def _pg_loss_variants() -> list[Variant]:
+    def other_form(c: Case) -> float:
+        other = next(f for f in R.PG_FORMS if f != c.arg("form"))
+        return float(R.pg_loss(*c.args, **{**c.kwargs, "form": other}))
+
+    def unweighted(c: Case) -> float:
+        if c.arg("weights") is None:
+            raise NotImplementedError  # nothing to ignore
+        return float(R.pg_loss(*c.args, **{**c.kwargs, "weights": None}))
+
+    return [
+        Variant(
+            "the other form",
+            "form='logp' (-w A log pi, verl gpg) where 'ratio' (-w A exp(log pi - sg(log pi)), value -w A) is "
+            "asked, or the reverse: same gradient, different value",
+            other_form,
+        ),
+        Variant("weights ignored", "the importance weights are not multiplied in (w = 1)", unweighted),
+        *aggregate_like_variants("agg", _pg_per_token),
+    ]
+
+
+PG_LOSS = register(
+    FormulaSpec(
+        id="pg_loss",
+        reference=R.pg_loss,
+        torch_name="pg_loss",
+        strategy=_pg_loss_cases,
+        tolerance=_tol_pg_loss,
+        tolerance_note="per-token |w A| (1 + |log pi|) aggregated like the loss, times the reduction's 1 + log2 n.",
+        differentiable=("logp", "weights"),
+        gradient=_pg_loss_gradient,
+        stopped=("weights",),
+        gradient_of=lambda c: c.with_inputs(form="logp"),
+        paper="Williams 1992 (REINFORCE); Chu et al. 2025 (GPG)",
+        equation="Williams 1992 §3",
+        docs_page="grpo-losses",
+        derivations=("pg_forms_same_gradient",),
+        conventions=("agg", "form", "max_tokens"),
+        variants=tuple(_pg_loss_variants()),
+        bad_hyper=(("agg", "sum"), ("form", "log"), ("max_tokens", 0)),
         bad_input=_empty_row_of("agg"),
     )
 )
