@@ -480,6 +480,111 @@ def _pg_forms_same_gradient() -> Derivation:
     )
 
 
+def _cispo_gradient() -> Derivation:
+    """CISPO's per-token gradient never vanishes: the clip bounds the detached weight, it does not zero the term."""
+    x, x_old, adv = sp.symbols("x x_old A", real=True)  # x = log pi
+    w_max, w = sp.symbols("w_max w", positive=True)  # w stands for sg(clip(r)): a constant under d/dx
+    loss = -w * adv * x
+    grad = sp.diff(loss, x)
+    weight = sp.Min(sp.exp(x - x_old), w_max)
+    claimed = -weight * adv
+    surrogate, s = clipped_surrogate()
+    ppo_grad = sp.diff(-surrogate, s["x"])
+    # where PPO-Clip's gradient is 0 (A > 0, r = 1.5 > 1 + eps), CISPO's is -min(r, w_max) A != 0
+    at = {adv: 1, x: sp.log(sp.Rational(3, 2)), x_old: 0, w_max: 5}
+    holds = (
+        sp.simplify(grad.subs(w, weight) - claimed) == 0
+        and sp.simplify(ppo_grad.subs({s["A"]: 1, s["x"]: sp.log(sp.Rational(3, 2)), s["eps"]: sp.Rational(1, 5)})) == 0
+        and claimed.subs(at) == -sp.Rational(3, 2)
+    )
+    return Derivation(
+        name="cispo_gradient",
+        title="CISPO's gradient is never zeroed by the clip",
+        title_zh="CISPO 的梯度不会被截断置零",
+        statement=(
+            r"\frac{\partial}{\partial\log\pi}\Big(-\mathrm{sg}\big(\mathrm{clip}(r, w_{min}, w_{max})\big)A\log\pi"
+            r"\Big) = -\,\mathrm{clip}(r, w_{min}, w_{max})\,A \neq 0 \quad (A \neq 0)"
+        ),
+        derivation=(
+            r"w := \mathrm{sg}(\mathrm{clip}(r, w_{min}, w_{max})) > 0"
+            r" \text{ is a constant under } \partial/\partial\log\pi",
+            r"\frac{\partial}{\partial\log\pi}(-wA\log\pi) = -wA",
+            r"\text{PPO-Clip at } A = 1,\ r = 1.5 > 1 + \epsilon:\ \partial L/\partial\log\pi = 0;\ "
+            r"\text{CISPO: } -\min(1.5, 5) = -1.5",
+        ),
+        holds=bool(holds),
+        page="grpo-losses",
+        exprs=MappingProxyType({"loss": loss, "claimed": claimed, "x": x, "x_old": x_old, "A": adv, "w_max": w_max}),
+    )
+
+
+def _sapo_gate_gradient() -> Derivation:
+    """SAPO's gate has the REINFORCE gradient at r = 1."""
+    x, x_old, adv = sp.symbols("x x_old A", real=True)
+    tau = sp.Symbol("tau", positive=True)
+    r = sp.exp(x - x_old)
+    sig = 1 / (1 + sp.exp(-tau * (r - 1)))
+    loss = -(4 / tau) * sig * adv
+    grad = sp.diff(loss, x)
+    claimed = -4 * sig * (1 - sig) * r * adv
+    holds = sp.simplify(grad - claimed) == 0 and sp.simplify(grad.subs(x, x_old) + adv) == 0
+    return Derivation(
+        name="sapo_gate_gradient",
+        title="SAPO's soft gate has the REINFORCE gradient at r = 1",
+        title_zh="SAPO 的软门控在 r = 1 处的梯度等于 REINFORCE 梯度",
+        statement=(
+            r"\frac{\partial}{\partial\log\pi}\Big(-\frac{4}{\tau}\sigma\big(\tau(r-1)\big)A\Big)"
+            r" = -4\,\sigma(1-\sigma)\,r\,A \;\xrightarrow{r = 1}\; -A"
+        ),
+        derivation=(
+            r"\sigma' = \sigma(1 - \sigma),\quad \frac{\partial r}{\partial\log\pi} = r",
+            r"\frac{\partial}{\partial\log\pi}\frac{4}{\tau}\sigma(\tau(r-1))"
+            r" = \frac{4}{\tau}\,\sigma(1-\sigma)\,\tau r = 4\sigma(1-\sigma)r",
+            r"r = 1:\ \sigma(0) = \tfrac12,\ 4\cdot\tfrac12\cdot\tfrac12\cdot 1 = 1",
+        ),
+        holds=bool(holds),
+        page="grpo-losses",
+        exprs=MappingProxyType({"loss": loss, "grad": grad, "x": x, "x_old": x_old, "A": adv, "tau": tau}),
+    )
+
+
+def _gspo_token_equals_gspo(n: int = 3) -> Derivation:
+    """GSPO-token equals GSPO in value and gradient when the advantage is constant over the sequence (unclipped
+    branch; where the clip binds both are constant)."""
+    xs = sp.symbols(f"x0:{n}", real=True)  # log pi of the n tokens
+    olds = sp.symbols(f"o0:{n}", real=True)  # log pi_old
+    cs = sp.symbols(f"c0:{n}", real=True)  # sg(log pi_t)
+    big_s = sp.Symbol("S", positive=True)  # sg(s)
+    adv = sp.Symbol("A", real=True)
+    s = sp.exp(sum(x - o for x, o in zip(xs, olds, strict=True)) / n)
+    gspo = -s * adv  # unclipped branch of -min(s A, clip(s) A), one sequence
+    token = -sum(big_s * sp.exp(x - c) * adv for x, c in zip(xs, cs, strict=True)) / n  # seq-mean-token-mean
+    at = {**dict(zip(cs, xs, strict=True)), big_s: s}
+    holds = sp.simplify(token.subs(at) - gspo) == 0 and all(
+        sp.simplify(sp.diff(token, x).subs(at) - sp.diff(gspo, x)) == 0 for x in xs
+    )
+    return Derivation(
+        name="gspo_token_equals_gspo",
+        title="GSPO-token equals GSPO when the advantage is constant over the sequence",
+        title_zh="优势在序列内恒定时，GSPO-token 与 GSPO 相同",
+        statement=(
+            r"s_{t} = \mathrm{sg}(s)\frac{\pi_t}{\mathrm{sg}(\pi_t)},\ A_t = A:\quad"
+            r"-\frac{1}{|o|}\sum_t s_t A = -sA,\quad \frac{\partial}{\partial\log\pi_t}\Big(-\frac{1}{|o|}\sum_{t'}"
+            r" s_{t'} A\Big) = -\frac{sA}{|o|} = \frac{\partial (-sA)}{\partial\log\pi_t}"
+        ),
+        derivation=(
+            r"s = \exp\Big(\frac{1}{|o|}\sum_t (\log\pi_t - \log\pi_{old,t})\Big)"
+            r"\ \Rightarrow\ \frac{\partial s}{\partial\log\pi_t} = \frac{s}{|o|}",
+            r"\text{value of } s_t = s,\quad \frac{\partial s_t}{\partial\log\pi_t} = s",
+            r"\text{checked by sympy for } |o| = " + str(n) + r" \text{ on the unclipped branch; where the clip binds"
+            r" both are constant in } \log\pi",
+        ),
+        holds=bool(holds),
+        page="grpo-losses",
+        exprs=MappingProxyType({"gspo": gspo, "token": token, "xs": xs, "A": adv}),
+    )
+
+
 _BUILDERS: dict[str, Callable[[], Derivation]] = {
     "ppo_clip_grad": _ppo_clip_grad,
     "neg_log_sigmoid_grad": _neg_log_sigmoid_grad,
@@ -493,6 +598,9 @@ _BUILDERS: dict[str, Callable[[], Derivation]] = {
     "kl_reward_telescoping": _kl_reward_telescoping,
     "dpo_optimum": _dpo_optimum,
     "pg_forms_same_gradient": _pg_forms_same_gradient,
+    "cispo_gradient": _cispo_gradient,
+    "sapo_gate_gradient": _sapo_gate_gradient,
+    "gspo_token_equals_gspo": _gspo_token_equals_gspo,
 }
 
 

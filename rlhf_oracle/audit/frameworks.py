@@ -65,18 +65,20 @@ def _float_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return mask.to(like.dtype)
 
 
+class _Opaque:
+    """Stands for a framework type that is only used in annotations or isinstance checks."""
+
+
 class _ActorConfig(dict):  # type: ignore[type-arg]
-    """verl's ActorConfig as compute_policy_loss_vanilla reads it: attributes, .get and global_batch_info."""
+    """verl's ActorConfig as its policy losses read it: attributes, .get and global_batch_info. The loaded code's
+    ``ActorConfig`` name is this class (its losses assert ``isinstance(config, ActorConfig)``), while
+    ``AlgoConfig`` stays an unrelated stand-in (``compute_policy_loss_vanilla`` asserts the config is not one)."""
 
     def __getattr__(self, name: str) -> Any:
         try:
             return self[name]
         except KeyError:
             raise AttributeError(name) from None
-
-
-class _Opaque:
-    """Stands for a framework type that is only used in annotations or isinstance checks."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -93,8 +95,9 @@ def _load_sources(source: str, root: Path) -> dict[str, SimpleNamespace]:
         core = load(
             root / "verl/trainer/ppo/core_algos.py",
             ["agg_loss", "compute_policy_loss_vanilla", "compute_gae_advantage_return", "compute_value_loss",
-             "kl_penalty", "compute_grpo_outcome_advantage", "AdaptiveKLController"],
-            {"verl_F": tf, "AlgoConfig": _Opaque, "ActorConfig": _Opaque, "DictConfig": _Opaque},
+             "kl_penalty", "compute_grpo_outcome_advantage", "AdaptiveKLController", "compute_policy_loss_cispo",
+             "compute_policy_loss_sapo", "compute_policy_loss_gspo", "compute_policy_loss_gpg"],
+            {"verl_F": tf, "AlgoConfig": _Opaque, "ActorConfig": _ActorConfig, "DictConfig": _Opaque},
         )  # fmt: skip
         return {"torch_functional": tf, "core_algos": core}
     if source == "openrlhf":
@@ -143,6 +146,52 @@ def _verl_policy_loss(m: dict[str, SimpleNamespace]) -> Callable[..., Any]:
         return loss
 
     return policy_loss
+
+
+def _verl_cispo(m: dict[str, SimpleNamespace]) -> Callable[..., Any]:
+    fn = m["core_algos"].compute_policy_loss_cispo
+
+    def cispo_loss(logp, logp_old, advantages, mask, weight_max=1.2, weight_min=0.8, agg="token-mean"):  # type: ignore[no-untyped-def]
+        low = 1.0 if weight_min is None else 1.0 - weight_min  # verl's bounds are 1 - low and 1 + high
+        config = _ActorConfig(clip_ratio=0.2, clip_ratio_low=low, clip_ratio_high=weight_max - 1.0,
+                              global_batch_info={})  # fmt: skip
+        loss, _metrics = fn(logp_old, logp, advantages, _float_mask(mask, logp), agg, config)
+        return loss
+
+    return cispo_loss
+
+
+def _verl_sapo(m: dict[str, SimpleNamespace]) -> Callable[..., Any]:
+    fn = m["core_algos"].compute_policy_loss_sapo
+
+    def sapo_loss(logp, logp_old, advantages, mask, tau_pos=1.0, tau_neg=1.05, agg="seq-mean-token-mean"):  # type: ignore[no-untyped-def]
+        config = _ActorConfig(tau_pos=tau_pos, tau_neg=tau_neg, global_batch_info={})
+        loss, _metrics = fn(logp_old, logp, advantages, _float_mask(mask, logp), agg, config)
+        return loss
+
+    return sapo_loss
+
+
+def _verl_gspo(m: dict[str, SimpleNamespace]) -> Callable[..., Any]:
+    fn = m["core_algos"].compute_policy_loss_gspo
+
+    def gspo_loss(logp, logp_old, advantages, mask, clip_eps=3e-4, clip_eps_high=4e-4, agg="seq-mean-token-mean"):  # type: ignore[no-untyped-def]
+        config = _ActorConfig(clip_ratio=clip_eps, clip_ratio_low=clip_eps, clip_ratio_high=clip_eps_high,
+                              global_batch_info={})  # fmt: skip
+        loss, _metrics = fn(logp_old, logp, advantages, _float_mask(mask, logp), agg, config)
+        return loss
+
+    return gspo_loss
+
+
+def _verl_gpg(m: dict[str, SimpleNamespace]) -> Callable[..., Any]:
+    fn = m["core_algos"].compute_policy_loss_gpg
+
+    def pg_loss(logp, advantages, mask, agg="token-mean"):  # type: ignore[no-untyped-def]
+        loss, _metrics = fn(logp, logp, advantages, _float_mask(mask, logp), agg, _ActorConfig(global_batch_info={}))
+        return loss
+
+    return pg_loss
 
 
 def _verl_agg(m: dict[str, SimpleNamespace]) -> Callable[..., Any]:
@@ -349,6 +398,17 @@ def _entries() -> list[AuditEntry]:
         # verl
         e("verl", "verl", "verl.trainer.ppo.core_algos:compute_policy_loss_vanilla", "policy_loss",
           _verl_policy_loss, {"dual_clip": 3.0}, verl_doc),
+        e("verl", "verl", "verl.trainer.ppo.core_algos:compute_policy_loss_gpg", "pg_loss", _verl_gpg,
+          {"agg": "token-mean", "form": "logp"}, verl_doc),
+        e("verl", "verl", "verl.trainer.ppo.core_algos:compute_policy_loss_cispo", "cispo_loss", _verl_cispo,
+          {"weight_min": 0.8, "weight_max": 1.2, "agg": "token-mean"},
+          "verl 0.9.1: clip_ratio_low/high 0.2 (bounds [0.8, 1.2]), loss_agg_mode token-mean"),
+        e("verl", "verl", "verl.trainer.ppo.core_algos:compute_policy_loss_sapo", "sapo_loss", _verl_sapo,
+          {"tau_pos": 1.0, "tau_neg": 1.05, "agg": "seq-mean-token-mean"},
+          "verl 0.9.1: tau_pos 1.0, tau_neg 1.05, seq-mean-token-mean forced"),
+        e("verl", "verl", "verl.trainer.ppo.core_algos:compute_policy_loss_gspo", "gspo_loss", _verl_gspo,
+          {"clip_eps": 3e-4, "clip_eps_high": 4e-4, "agg": "seq-mean-token-mean"},
+          "verl 0.9.1 GSPO recipe: clip_ratio_low 3e-4, clip_ratio_high 4e-4, loss_agg_mode seq-mean-token-mean"),
         e("verl", "verl", "verl.trainer.ppo.core_algos:agg_loss", "aggregate", _verl_agg, {}, verl_doc),
         e("verl", "verl", "verl.trainer.ppo.core_algos:compute_gae_advantage_return", "gae", _verl_gae),
         e("verl", "verl", "verl.trainer.ppo.core_algos:compute_value_loss", "value_loss", _verl_value_loss,

@@ -93,7 +93,8 @@ def whiten(x: Any, mask: Any, shift_mean: bool = True, unbiased: bool = True, *,
           the TRL / OpenAI convention for rewards; it is *not* :math:`x/\sigma` (THUDM/slime #1369).
         - ``eps = 1e-8`` inside the square root, as all of the above.
         - Statistics over the whole batch (a minibatch in lm-human-preferences; the rollout batch in TRL).
-        - An empty mask is an error; with ``unbiased`` a single valid token is an error (n - 1 = 0).
+        - An empty mask is an error; with ``unbiased`` a single valid token is an error (n - 1 = 0); identical
+          values with ``eps=0`` are an error (0 / 0), as in :func:`grpo_advantages`.
         - Mean and variance are exactly rounded sums (``math.fsum``): a mean that cancels (values of both signs)
           is as accurate as any implementation's, never the left-to-right rounding of a naive sum.
     """
@@ -112,6 +113,8 @@ def whiten(x: Any, mask: Any, shift_mean: bool = True, unbiased: bool = True, *,
     valid = xs[m]
     mean = math.fsum(valid) / n
     var = math.fsum((valid - mean) ** 2) / (n - 1 if unbiased else n)
+    if e == 0 and np.all(valid == valid[0]):  # (a rounded mean of identical values can leave var at 1e-33)
+        raise ValueError(f"{fn}: the valid values of 'x' are identical and eps=0; pass 'eps' > 0")
     whitened = (xs - mean) / math.sqrt(var + e)
     if not shift_mean:
         whitened = whitened + mean

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 from . import _validation as v
 
@@ -29,6 +30,8 @@ def adaptive_kl_update(beta: float, kl: float, target: float, n_steps: int, hori
     h = v.positive(fn, "horizon", horizon)
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
         raise ValueError(f"{fn}: 'n_steps' must be an int >= 0, got {n_steps}")
+    if isinstance(kl, bool) or not isinstance(kl, numbers.Real):
+        raise ValueError(f"{fn}: 'kl' must be a number, got {kl!r}")
     if not math.isfinite(kl):
         raise ValueError(f"{fn}: 'kl' must be finite, got {kl}")
     error = min(max(kl / t - 1.0, -0.2), 0.2)

@@ -22,6 +22,9 @@ from .distributed import global_normaliser as global_normaliser
 from .distributed import micro_batch_aggregate as micro_batch_aggregate
 from .distributed import micro_batch_policy_loss as micro_batch_policy_loss
 from .distributed import micro_batch_value_loss as micro_batch_value_loss
+from .grpo_losses import cispo_loss as cispo_loss
+from .grpo_losses import gspo_loss as gspo_loss
+from .grpo_losses import sapo_loss as sapo_loss
 from .kl import KL_ESTIMATORS as KL_ESTIMATORS
 from .kl import kl_estimate as kl_estimate
 from .kl import kl_exact as kl_exact
@@ -44,23 +47,32 @@ from .rewards import SCORE_POSITIONS as SCORE_POSITIONS
 from .rewards import kl_shaped_rewards as kl_shaped_rewards
 from .rewards import ptx_loss as ptx_loss
 from .rewards import rlhf_objective as rlhf_objective
+from .rollout import IS_LEVELS as IS_LEVELS
+from .rollout import IS_MODES as IS_MODES
+from .rollout import SEQ_RATIOS as SEQ_RATIOS
+from .rollout import rollout_is_weights as rollout_is_weights
 from .value import value_loss as value_loss
 
 __all__ = [
     "AGGREGATION_MODES",
+    "IS_LEVELS",
+    "IS_MODES",
     "KL_ESTIMATORS",
     "PG_FORMS",
     "SCORE_POSITIONS",
+    "SEQ_RATIOS",
     "AdaptiveKLController",
     "GAEResult",
     "Normaliser",
     "adaptive_kl_update",
     "aggregate",
+    "cispo_loss",
     "dpo_loss",
     "entropy_from_logits",
     "gae",
     "global_normaliser",
     "grpo_advantages",
+    "gspo_loss",
     "kl_estimate",
     "kl_exact",
     "kl_shaped_rewards",
@@ -76,6 +88,8 @@ __all__ = [
     "ranking_loss",
     "reward_model_loss",
     "rlhf_objective",
+    "rollout_is_weights",
+    "sapo_loss",
     "set_value_checks",
     "token_logprobs",
     "value_checks",

@@ -28,7 +28,7 @@ _VALUE_CHECKS = True
 def set_value_checks(enabled: bool) -> None:
     """Turn the data-dependent value checks on or off for the whole module (default: on)."""
     global _VALUE_CHECKS
-    _VALUE_CHECKS = bool(enabled)
+    _VALUE_CHECKS = flag("set_value_checks", "enabled", enabled)
 
 
 @contextmanager
@@ -36,7 +36,7 @@ def value_checks(enabled: bool) -> Iterator[None]:
     """Context manager form of :func:`set_value_checks`; restores the previous setting on exit."""
     global _VALUE_CHECKS
     previous = _VALUE_CHECKS
-    _VALUE_CHECKS = bool(enabled)
+    _VALUE_CHECKS = flag("value_checks", "enabled", enabled)
     try:
         yield
     finally:

@@ -20,6 +20,7 @@ GAE algorithm (no Python loop over tokens):
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import NamedTuple
 
@@ -178,6 +179,12 @@ def whiten(
     mean = x0.sum() / n_acc
     centred = torch.where(m, x0 - mean, 0.0)
     var = centred.square().sum() / (n_acc - 1 if unbiased else n_acc)
+    if (
+        e == 0
+        and v.value_checks_enabled()
+        and bool(torch.where(m, x0, -math.inf).amax() == torch.where(m, x0, math.inf).amin())
+    ):
+        raise ValueError(f"{fn}: the valid values of 'x' are identical and eps=0; pass 'eps' > 0")
     whitened = centred / torch.sqrt(var + e)
     if not shift_mean:
         whitened = whitened + mean

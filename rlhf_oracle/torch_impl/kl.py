@@ -70,8 +70,8 @@ def kl_exact(logits: torch.Tensor, logits_ref: torch.Tensor) -> torch.Tensor:
     fn = "kl_exact"
     z = v.as_float(fn, "logits", logits)
     z_ref = v.as_float(fn, "logits_ref", logits_ref)
-    if z.ndim < 1:
-        raise ValueError(f"{fn}: 'logits' must have shape [..., V], got {v.shape_str(z.shape)}")
+    if z.ndim < 1 or z.shape[-1] < 1:
+        raise ValueError(f"{fn}: 'logits' must have shape [..., V] with V >= 1, got {v.shape_str(z.shape)}")
     v.same_shape(fn, "logits_ref", z_ref, "logits", z)
     v.finite(fn, "logits", z)
     v.finite(fn, "logits_ref", z_ref)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -21,6 +22,12 @@ def adaptive_kl_update(beta: float, kl: float | torch.Tensor, target: float, n_s
     h = v.positive(fn, "horizon", horizon)
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
         raise ValueError(f"{fn}: 'n_steps' must be an int >= 0, got {n_steps}")
+    if (
+        isinstance(kl, bool)
+        or not isinstance(kl, numbers.Real | torch.Tensor)
+        or (isinstance(kl, torch.Tensor) and kl.numel() != 1)
+    ):
+        raise ValueError(f"{fn}: 'kl' must be a number, got {kl!r}")
     kl_value = float(kl)
     if not math.isfinite(kl_value):
         raise ValueError(f"{fn}: 'kl' must be finite, got {kl_value}")

@@ -6,6 +6,10 @@ for bf16/fp16 input, the input dtype otherwise), divided by the temperature, tur
 and reduced at once: the chosen token's log-probability is a gather, the entropy a dot product of the
 probabilities with the log-probabilities. No second tensor of the logits' size is built in the forward pass.
 
+Forward-only log-probabilities of bf16/fp16 logits (no autograd needed: the rollout, reference and old-policy
+passes) take a shorter path, :func:`_forward_only_half`: PyTorch's fused ``log_softmax`` in place on the float32
+chunk, then a gather; same one rounding, fewer passes over the chunk.
+
 Autograd goes through one custom :class:`torch.autograd.Function` for both outputs. Its backward recomputes the
 chunk's log-softmax and writes
 
@@ -32,19 +36,24 @@ from cache, and the per-operation overhead is spread over enough rows); the chun
 the vocabulary size, at least one row (16 rows at V = 32000, 4 at V = 128256). Measured best of 128K-1M elements
 by ``benchmarks/bench_logprobs.py``-style sweeps. Under ``torch.compile`` the default is one chunk."""
 
+FORWARD_ONLY_CHUNK_ELEMENTS = 1 << 20
+"""Default elements per chunk of the forward-only bf16/fp16 log-probabilities on CPU (1M: 4 MiB of float32; its
+chunk is read by one fused kernel, so fewer, larger chunks spend less on per-operation overhead: measured best of
+256K-4M elements at V = 32000)."""
+
 DEVICE_CHUNK_ELEMENTS = 1 << 24
 """Default elements per chunk on an accelerator (16M: 64 MiB of float32), where each step is a kernel launch and
 the chunk only bounds the temporary memory."""
 
 
-def _chunk_length(logits: torch.Tensor, chunk_size: int | None) -> int:
+def _chunk_length(logits: torch.Tensor, chunk_size: int | None, cpu_elements: int = CHUNK_ELEMENTS) -> int:
     """Rows (positions of the flattened leading axes) per chunk."""
     if chunk_size is not None:
         return chunk_size
     rows = max(1, logits.numel() // max(1, logits.shape[-1]))
     if torch.compiler.is_compiling():
         return rows  # one chunk: the traced graph stays small and the compiler fuses the pass itself
-    budget = CHUNK_ELEMENTS if logits.device.type in ("cpu", "meta") else DEVICE_CHUNK_ELEMENTS
+    budget = cpu_elements if logits.device.type in ("cpu", "meta") else DEVICE_CHUNK_ELEMENTS
     return max(1, budget // max(1, logits.shape[-1]))
 
 
@@ -220,11 +229,52 @@ class _LogprobsEntropy(torch.autograd.Function):
         return grad, *none
 
 
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _forward_only_half(
+    logits: torch.Tensor, tokens: torch.Tensor, tau: float, rows: int, check: str | None
+) -> torch.Tensor:
+    """Log-probabilities of half-precision logits when no gradient is needed (the rollout, the reference model and
+    the old policy: at least two calls per RLHF step).
+
+    Each chunk is upcast once into one float32 buffer, turned into log-probabilities in place by PyTorch's fused
+    ``log_softmax`` (one kernel: max, sum of exponentials, write), and the chosen tokens are gathered; the float32
+    result is rounded once to the input dtype, like the autograd path. The value check adds the row sums of the
+    log-probabilities: NaN or +inf anywhere in a row makes the whole row NaN, -inf anywhere makes its sum -inf.
+    Extra memory: one chunk buffer and O(B*T) floats.
+    """
+    lead = logits.shape[:-1]
+    n = lead.numel()
+    flat_tokens = tokens.reshape(n, 1)
+    lp = logits.new_empty(n, dtype=torch.float32)
+    sums = logits.new_empty(n if check else 0, dtype=torch.float32)
+    work = _Workspace(logits, rows, torch.float32, 1)
+    for s, e, chunk in _chunks(logits, rows):
+        t = work[0, e - s]
+        t.copy_(chunk)
+        if tau != 1.0:
+            t.div_(tau)
+        torch.log_softmax(t, dim=-1, out=t)
+        torch.gather(t, 1, flat_tokens[s:e], out=lp[s:e, None])
+        if check:
+            torch.sum(t, dim=-1, out=sums[s:e])
+    if check and not bool(torch.isfinite(sums).all()):
+        raise ValueError(f"{check}: 'logits' contains NaN or inf")
+    return lp.view(lead).to(logits.dtype)
+
+
+def _takes_forward_only_path(logits: torch.Tensor) -> bool:
+    """Half-precision logits whose log-probabilities need no gradient (and no torch.compile trace)."""
+    needs_grad = torch.is_grad_enabled() and logits.requires_grad
+    return not needs_grad and logits.dtype in HALF_DTYPES and not torch.compiler.is_compiling()
+
+
 def _fused(
     fn: str, logits: torch.Tensor, tokens: torch.Tensor | None, tau: float, rows: int, want_h: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    apply = cast(Any, _LogprobsEntropy.apply)  # Function.apply is untyped in torch's stubs
     check = fn if v.value_checks_enabled() and logits.numel() > 0 else None
+    apply = cast(Any, _LogprobsEntropy.apply)  # Function.apply is untyped in torch's stubs
     lp, h = apply(logits, tokens, tau, rows, want_h, check)
     return lp, h
 
@@ -257,12 +307,20 @@ def token_logprobs(
     dtype, ``chunk_size`` rows (positions) at a time (default: about :data:`CHUNK_ELEMENTS` elements per chunk).
     See :func:`rlhf_oracle.reference.token_logprobs` for the derivation and conventions (the caller shifts:
     ``logits[b, t]`` predicts ``tokens[b, t]``). Use :func:`logprobs_and_entropy` when the entropy is needed too.
+    bf16/fp16 logits that need no gradient take the forward-only path (PyTorch's fused float32 ``log_softmax``
+    per chunk, same single rounding); its values can differ from the autograd path's in the last float32 bit,
+    so after rounding to bf16 by one unit in rare ties.
 
     Shapes: ``logits`` [B, T, V], ``tokens`` [B, T] integer -> [B, T] in the dtype of ``logits``.
     ``chunk_size`` (keyword-only, torch twin only) trades speed for temporary memory; the result is the same.
     """
-    z, o, tau, rows = _check_logits_tokens("token_logprobs", logits, tokens, temperature, chunk_size)
-    return _fused("token_logprobs", z, o, tau, rows, False)[0]
+    fn = "token_logprobs"
+    z, o, tau, rows = _check_logits_tokens(fn, logits, tokens, temperature, chunk_size)
+    if _takes_forward_only_path(z):
+        if chunk_size is None:
+            rows = _chunk_length(z, None, FORWARD_ONLY_CHUNK_ELEMENTS)
+        return _forward_only_half(z, o, tau, rows, fn if v.value_checks_enabled() and z.numel() > 0 else None)
+    return _fused(fn, z, o, tau, rows, False)[0]
 
 
 def entropy_from_logits(
@@ -293,7 +351,8 @@ def logprobs_and_entropy(
 
     The training step of PPO needs the log-probability of the sampled tokens (for the ratio) and the entropy
     (bonus or metric) of the same logits; this reads the logits once in the forward pass and once in the
-    backward pass instead of twice each. Values equal the two separate calls exactly (same arithmetic).
+    backward pass instead of twice each. Values equal the two separate calls exactly (same arithmetic), except
+    that forward-only bf16/fp16 :func:`token_logprobs` takes its own shorter path (within one unit of the last place).
 
     Shapes: ``logits`` [B, T, V], ``tokens`` [B, T] integer -> (log-probs [B, T], entropy [B, T]), both in the
     dtype of ``logits``. Gradients flow from either or both outputs.

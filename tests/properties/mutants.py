@@ -390,6 +390,98 @@ def _pg_loss(
     return pg_loss
 
 
+def _seq_mean_token_mean(per_token: Tensor, mask: Tensor) -> Tensor:
+    m = mask.bool()
+    return (_where0(m, per_token).sum(-1) / m.sum(-1)).mean()
+
+
+def _cispo(*, detach: bool = True, relative_cap: bool = False, lower: bool = True) -> Callable[..., Tensor]:
+    """CISPO, token-mean: -sg(clip(r, lo, hi)) A log pi, with one bug switched on."""
+
+    def cispo_loss(
+        logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, weight_max: float = 5.0,
+        weight_min: float | None = None,
+    ) -> Tensor:  # fmt: skip
+        m = mask.bool()
+        logp, logp_old, adv = _where0(m, logp), _where0(m, logp_old), _where0(m, advantages)
+        ratio = torch.exp(logp - logp_old)
+        hi = 1.0 + weight_max if relative_cap else weight_max
+        w = torch.clamp(ratio, min=weight_min if lower else None, max=hi)
+        per_token = -(w.detach() if detach else w) * adv * logp
+        return _token_mean(per_token, m)
+
+    return cispo_loss
+
+
+def _sapo(*, swap: bool = False, four_over_tau: bool = True, log_gate: bool = False) -> Callable[..., Tensor]:
+    """SAPO, seq-mean-token-mean: -(4/tau) sigmoid(tau (r - 1)) A, with one bug switched on."""
+
+    def sapo_loss(
+        logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, tau_pos: float = 1.0, tau_neg: float = 1.05
+    ) -> Tensor:  # fmt: skip
+        m = mask.bool()
+        logp, logp_old, adv = _where0(m, logp), _where0(m, logp_old), _where0(m, advantages)
+        pos, neg = (tau_neg, tau_pos) if swap else (tau_pos, tau_neg)
+        tau = torch.where(adv > 0, torch.full_like(adv, pos), torch.full_like(adv, neg))
+        x = tau * (logp - logp_old) if log_gate else tau * (torch.exp(logp - logp_old) - 1)
+        gate = torch.sigmoid(x) * (4 / tau if four_over_tau else 1.0)
+        return _seq_mean_token_mean(-gate * adv, m)
+
+    return sapo_loss
+
+
+def _gspo(
+    *, product: bool = False, token_ratio: bool = False, padded: bool = False, full_grad: bool = False
+) -> Callable[..., Tensor]:
+    """GSPO-token, seq-mean-token-mean, symmetric-or-not clip on the sequence ratio, with one bug switched on."""
+
+    def gspo_loss(
+        logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float = 3e-4,
+        clip_eps_high: float | None = 4e-4,
+    ) -> Tensor:  # fmt: skip
+        m = mask.bool()
+        logp, logp_old, adv = _where0(m, logp), _where0(m, logp_old), _where0(m, advantages)
+        high = clip_eps if clip_eps_high is None else clip_eps_high
+        log_r = _where0(m, logp - logp_old)
+        if token_ratio:
+            ratio = torch.exp(log_r)
+        else:
+            n = m.shape[1] if padded else m.sum(-1, keepdim=True)
+            seq = log_r.sum(-1, keepdim=True) / (1 if product else n)
+            if full_grad:  # s_i with its full gradient broadcast to every token (right only for constant A)
+                ratio = torch.exp(seq).expand_as(logp)
+            else:
+                ratio = torch.exp(logp - logp.detach() + seq.detach())
+        per_token = torch.minimum(ratio * adv, torch.clamp(ratio, 1 - clip_eps, 1 + high) * adv)
+        return _seq_mean_token_mean(-per_token, m)
+
+    return gspo_loss
+
+
+def _rollout_is(*, inverted: bool = False, geometric: bool = False, truncate: bool = False,
+                unmasked: bool = False) -> Callable[..., Tensor]:  # fmt: skip
+    """Sequence-level masked IS (TRL's default with vLLM: product, band [0, 3]) with one bug switched on."""
+
+    def rollout_is_weights(
+        logp_old: Tensor, logp_rollout: Tensor, mask: Tensor, level: str = "sequence", mode: str = "mask",
+        upper: float = 3.0, lower: float | None = None,
+    ) -> Tensor:  # fmt: skip
+        m = mask.bool()
+        log_rho = _where0(m, (logp_rollout - logp_old) if inverted else (logp_old - logp_rollout))
+        seq = log_rho.sum(-1, keepdim=True)
+        if geometric:
+            seq = seq / m.sum(-1, keepdim=True).clamp(min=1)
+        rho = torch.exp(seq).expand_as(log_rho)
+        lo = 0.0 if lower is None else lower
+        if truncate:
+            w = rho.clamp(max=upper)
+        else:
+            w = torch.where((rho >= lo) & (rho <= upper), rho, torch.zeros_like(rho))
+        return w.detach() if unmasked else _where0(m, w).detach()
+
+    return rollout_is_weights
+
+
 MUTANTS: list[Mutant] = [
     Mutant("max instead of min", "policy_loss", _policy_loss(pick=torch.maximum), "sign/bound inversion",
            "max instead of min"),
@@ -461,6 +553,45 @@ MUTANTS: list[Mutant] = [
            "weights ignored", {"agg": "seq-mean-token-mean"}),
     Mutant("pg loss token-mean where seq-mean-token-mean is asked", "pg_loss", _pg_loss(reduce=_token_mean),
            "verl gpg default", "agg='token-mean'", {"agg": "seq-mean-token-mean"}),
+    # cispo_loss (MiniMax-M1)
+    Mutant("CISPO weight not detached", "cispo_loss", _cispo(detach=False), "sg() missing on the clipped weight",
+           None, {"agg": "token-mean"}, "gradients"),
+    Mutant("CISPO cap read as an epsilon", "cispo_loss", _cispo(relative_cap=True),
+           "TRL epsilon_high (absolute cap) read as verl's 1 + clip_ratio_high", "bound read as an epsilon",
+           {"agg": "token-mean", "weight_max": 2.0}),
+    Mutant("CISPO lower bound ignored", "cispo_loss", _cispo(lower=False), "verl bounds [0.8, 1.2] asked, cap only",
+           "no lower bound", {"agg": "token-mean", "weight_min": 0.8, "weight_max": 1.2}),
+    # sapo_loss (Qwen)
+    Mutant("SAPO temperatures swapped", "sapo_loss", _sapo(swap=True), "tau_pos/tau_neg exchanged",
+           "temperatures swapped", {"agg": "seq-mean-token-mean", "tau_pos": 1.0, "tau_neg": 3.0}),
+    Mutant("SAPO gate without 4/tau", "sapo_loss", _sapo(four_over_tau=False), "the gate's constant dropped",
+           "no 4/tau factor", {"agg": "seq-mean-token-mean"}),
+    Mutant("SAPO gate on log r", "sapo_loss", _sapo(log_gate=True), "sigma(tau log r) for sigma(tau (r - 1))",
+           "gate on log r", {"agg": "seq-mean-token-mean"}),
+    # gspo_loss (Qwen)
+    Mutant("GSPO product of token ratios", "gspo_loss", _gspo(product=True), "TRL RLOO's unnormalised ratio",
+           "product of the token ratios", {"agg": "seq-mean-token-mean", "log_ratio_clamp": None}),
+    Mutant("GSPO with token ratios", "gspo_loss", _gspo(token_ratio=True), "importance_sampling_level ignored",
+           "token ratios (PPO)", {"agg": "seq-mean-token-mean", "log_ratio_clamp": None}),
+    Mutant("GSPO mean over the padded length", "gspo_loss", _gspo(padded=True), "sum / T instead of sum / |o|",
+           "mean over the padded length", {"agg": "seq-mean-token-mean", "log_ratio_clamp": None}),
+    Mutant("GSPO full-gradient ratio with token advantages", "gspo_loss", _gspo(full_grad=True),
+           "sg() missing: s_i differentiated, right only for constant A", None,
+           {"agg": "seq-mean-token-mean", "log_ratio_clamp": None}, "gradients"),
+    # rollout_is_weights (TIS / MIS)
+    Mutant("IS ratio inverted", "rollout_is_weights", _rollout_is(inverted=True), "mu / pi_old for pi_old / mu",
+           "ratio inverted", {"level": "sequence", "mode": "mask", "upper": 3.0, "lower": None,
+                              "seq_ratio": "product"}),
+    Mutant("geometric mean where the product is asked", "rollout_is_weights", _rollout_is(geometric=True),
+           "verl seq_mean vs TRL product", "seq_ratio='geometric'",
+           {"level": "sequence", "mode": "mask", "upper": 3.0, "lower": None, "seq_ratio": "product"}),
+    Mutant("truncation where masking is asked", "rollout_is_weights", _rollout_is(truncate=True),
+           "TIS for MIS", "mode='truncate'",
+           {"level": "sequence", "mode": "mask", "upper": 3.0, "lower": None, "seq_ratio": "product"}),
+    Mutant("IS weights written at masked positions", "rollout_is_weights", _rollout_is(unmasked=True),
+           "where() forgotten", "masked positions",
+           {"level": "sequence", "mode": "mask", "upper": 3.0, "lower": None, "seq_ratio": "product"},
+           "masked_outputs"),
 ]  # fmt: skip
 """Wrong implementations: each must be rejected, with the named diagnosis."""
 

@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -71,3 +73,49 @@ def test_boolean_flags_must_be_bools(value: object) -> None:
 def test_numpy_bools_are_bools() -> None:
     x, m = np.arange(4.0)[None], np.ones((1, 4), dtype=bool)
     np.testing.assert_array_equal(R.whiten(x, m, unbiased=np.bool_(False)), R.whiten(x, m, unbiased=False))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the same refusal, with the same words, in both implementations (issue 18)
+
+
+def _both_raise(call: Callable[[Any], object], match: str) -> None:
+    """``call(impl)`` raises ValueError matching ``match`` for the reference and for the twin."""
+    for impl in (R, T):
+        with pytest.raises(ValueError, match=match):
+            call(impl)
+
+
+def test_whiten_of_identical_values_with_eps_0_is_refused_like_grpo() -> None:
+    x, m = np.full((2, 3), 0.7), np.ones((2, 3), dtype=bool)
+
+    def conv(impl: Any, a: np.ndarray) -> Any:
+        return a if impl is R else torch.as_tensor(a)
+
+    _both_raise(lambda i: i.whiten(conv(i, x), conv(i, m), eps=0.0), r"whiten: the valid values of 'x' are identical")
+    _both_raise(lambda i: i.grpo_advantages(conv(i, np.zeros(4)), 2, eps=0.0), r"group 0 has identical scores")
+    assert np.allclose(R.whiten(x, m), 0.0, atol=1e-9)  # with the default eps a constant whitens to ~0
+
+
+def test_kl_exact_over_an_empty_vocabulary_is_refused_by_both() -> None:
+    z = np.zeros((2, 0))
+    _both_raise(
+        lambda i: i.kl_exact(z if i is R else torch.as_tensor(z), z if i is R else torch.as_tensor(z)),
+        r"kl_exact: 'logits' must have shape \[\.\.\., V\] with V >= 1, got \(2, 0\)",
+    )
+
+
+@pytest.mark.parametrize("kl", ["5", None, [5.0], True])
+def test_adaptive_kl_update_refuses_a_kl_that_is_not_a_number(kl: object) -> None:
+    _both_raise(lambda i: i.adaptive_kl_update(0.1, kl, 6.0, 10, 100), r"adaptive_kl_update: 'kl' must be a number")
+    assert T.adaptive_kl_update(0.1, torch.tensor(6.0), 6.0, 10, 100) == pytest.approx(0.1)  # 0-dim tensors pass
+
+
+@pytest.mark.parametrize("value", ["no", 0, None])
+def test_value_check_switch_takes_only_bools(value: object) -> None:
+    with pytest.raises(ValueError, match=r"set_value_checks: 'enabled' must be True or False"):
+        T.set_value_checks(value)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"value_checks: 'enabled' must be True or False"):
+        with T.value_checks(value):  # type: ignore[arg-type]
+            pass
+    assert T.value_checks_enabled()  # the refused call changed nothing

@@ -62,7 +62,9 @@ def test_fused_equals_the_two_separate_calls_bit_for_bit(
     z = logits.to(dtype)
     lp, h = ti.logprobs_and_entropy(z, tokens, temperature=tau, chunk_size=chunk)
     assert lp.dtype == h.dtype == dtype
-    torch.testing.assert_close(lp, ti.token_logprobs(z, tokens, temperature=tau), rtol=0, atol=0)
+    zg = z.clone().requires_grad_(True)  # the autograd kernel (forward-only half log-probs have their own path)
+    separate = ti.token_logprobs(zg, tokens, temperature=tau, chunk_size=chunk).detach()
+    torch.testing.assert_close(lp, separate, rtol=0, atol=0)
     torch.testing.assert_close(h, ti.entropy_from_logits(z, temperature=tau), rtol=0, atol=0)
 
 
@@ -200,3 +202,63 @@ def test_fused_errors_name_the_function_and_argument() -> None:
         ti.logprobs_and_entropy(torch.zeros(1, 1, 2), torch.zeros(1, 1, dtype=torch.long), temperature=0.0)
     with pytest.raises(ValueError, match=r"^logprobs_and_entropy: 'chunk_size'"):
         ti.logprobs_and_entropy(torch.zeros(1, 1, 2), torch.zeros(1, 1, dtype=torch.long), chunk_size=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the forward-only path of half-precision log-probabilities (no autograd: rollout, reference and old policy)
+
+
+def _bf16_ulp(x: torch.Tensor) -> torch.Tensor:
+    """The spacing of bf16 numbers at |x| (8 significant bits)."""
+    return torch.pow(2.0, torch.floor(torch.log2(x.abs().clamp_min(2.0**-126))) - 7)
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.7])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_forward_only_half_is_within_one_rounding_of_the_exact_value(dtype: torch.dtype, tau: float) -> None:
+    logits = (4 * torch.randn(3, 50, 700, generator=gen(5))).to(dtype)
+    tokens = torch.randint(0, 700, (3, 50), generator=gen(6))
+    with torch.no_grad():
+        lp = ti.token_logprobs(logits, tokens, temperature=tau, chunk_size=9)
+    exact = ref.token_logprobs(logits.double().numpy(), tokens.numpy(), temperature=tau)  # float64 reference
+    assert lp.dtype == dtype
+    err = (lp.double() - torch.from_numpy(exact)).abs()
+    if dtype == torch.bfloat16:
+        spacing = _bf16_ulp(torch.from_numpy(exact))
+    else:
+        spacing = torch.pow(2.0, torch.floor(torch.log2(torch.from_numpy(exact).abs())) - 10)
+    # one rounding of a float32 value: half a unit of the target dtype plus the float32 error (|z|/tau * 2^-23)
+    bound = 0.5 * spacing + 1e-6 * (1.0 + torch.from_numpy(exact).abs()) + 2e-6 * logits.double().abs().max() / tau
+    assert (err <= bound).all(), float((err - bound).max())
+    # and it is the autograd path's value up to that path's own last float32 bit
+    grad_path = ti.token_logprobs(logits.clone().requires_grad_(True), tokens, temperature=tau, chunk_size=9)
+    assert (lp.double() - grad_path.detach().double()).abs().le(spacing).all()
+
+
+def test_forward_only_half_takes_no_full_size_temporary_and_no_copy_of_sliced_logits() -> None:
+    from .test_torch_memory import _spy  # the allocation spy of the memory tests
+
+    b, t, v, chunk = 2, 65, 500, 8
+    full = torch.randn(b, t, v, generator=gen(7)).to(torch.bfloat16)
+    logits = full[:, :-1]  # the usual shift: not viewable as [rows, V] without a copy
+    tokens = torch.randint(0, v, (b, t - 1), generator=gen(8))
+    with torch.no_grad():
+        allocations = _spy(lambda: ti.token_logprobs(logits, tokens, chunk_size=chunk), [full, tokens])
+    assert max(n for n, _ in allocations) <= chunk * v * 4  # one float32 chunk at most
+    assert sum(n == chunk * v * 4 for n, _ in allocations) == 1  # allocated once, reused by every chunk
+    with torch.no_grad():
+        expected = ti.token_logprobs(logits.contiguous().float(), tokens).to(torch.bfloat16)
+        got = ti.token_logprobs(logits, tokens, chunk_size=chunk)
+    assert (got.float() - expected.float()).abs().le(_bf16_ulp(expected.float())).all()
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("where", ["chosen", "other"])
+def test_forward_only_half_refuses_non_finite_logits_anywhere(bad: float, where: str) -> None:
+    logits = torch.randn(2, 5, 30, generator=gen(9)).to(torch.bfloat16)
+    tokens = torch.zeros(2, 5, dtype=torch.int64)
+    logits[1, 3, 0 if where == "chosen" else 17] = bad
+    with torch.no_grad(), pytest.raises(ValueError, match=r"token_logprobs: 'logits' contains NaN or inf"):
+        ti.token_logprobs(logits, tokens, chunk_size=4)
+    with torch.no_grad(), ti.value_checks(False):
+        ti.token_logprobs(logits, tokens, chunk_size=4)  # the check is the value checks' business

@@ -12,6 +12,7 @@ order of the catalogue (the reference modules of the same names).
 
 from . import logprobs as logprobs
 from . import policy as policy
+from . import grpo_losses as grpo_losses
 from . import kl as kl
 from . import rewards as rewards
 from . import reward_model as reward_model
@@ -19,5 +20,18 @@ from . import advantages as advantages
 from . import value as value
 from . import kl_control as kl_control
 from . import preference as preference
+from . import rollout as rollout
 
-__all__ = ["advantages", "kl", "kl_control", "logprobs", "policy", "preference", "reward_model", "rewards", "value"]
+__all__ = [
+    "advantages",
+    "grpo_losses",
+    "kl",
+    "kl_control",
+    "logprobs",
+    "policy",
+    "preference",
+    "reward_model",
+    "rewards",
+    "rollout",
+    "value",
+]
