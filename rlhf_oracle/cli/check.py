@@ -267,6 +267,10 @@ def run(args: argparse.Namespace) -> int:
             mask_layout=args.mask_layout,
             **conventions,
         )
+    except (ValueError, TypeError) as exc:  # run_check's own usage errors (an option it refuses), before any search
+        if not str(exc).startswith("run_check: "):
+            raise
+        return _usage(str(exc).removeprefix("run_check: "))
     except _Timeout:
         print(
             f"rlhf-oracle check: {args.target} did not finish within --timeout {args.timeout:g} s "

@@ -64,6 +64,35 @@ def _check_conventions(spec: FormulaSpec, conventions: Mapping[str, Any]) -> Non
             raise ValueError(f"check_{spec.id}: invalid convention: {exc}") from None
 
 
+def _check_options(candidate: Any, adapter: Any, dtype: Any, device: Any, max_examples: Any) -> None:
+    """Usage errors before any search, each naming the option: a check that never ran the candidate must not
+    read as a pass."""
+    if not callable(candidate):
+        raise TypeError(f"run_check: the candidate must be callable, got {type(candidate).__name__} {candidate!r}")
+    adapters = adapter if isinstance(adapter, Sequence) and not isinstance(adapter, str) else [adapter]
+    if adapter is not None and not all(callable(a) for a in adapters):
+        raise TypeError(
+            f"run_check: 'adapter' must be an adapter (a callable from rlhf_oracle.properties.adapters) or a list "
+            f"of them, got {adapter!r}"
+        )
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"run_check: 'dtype' must be a floating torch.dtype (e.g. torch.float32), got {dtype!r}")
+    if max_examples is not None and (isinstance(max_examples, bool) or not isinstance(max_examples, int)
+                                     or max_examples < 1):  # fmt: skip
+        raise ValueError(f"run_check: 'max_examples' must be an int >= 1 or None, got {max_examples!r}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"run_check: 'device' is not a torch device: {device!r} ({exc})") from None
+    if dev.type == "meta":
+        raise ValueError("run_check: 'device' must hold data; 'meta' tensors have no values to compare")
+    try:
+        torch.zeros(1, device=dev)
+    except (RuntimeError, AssertionError) as exc:  # e.g. cuda without CUDA
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"run_check: 'device' {device!r} is not available here: {first}") from None
+
+
 def _import_ref(fn: Any) -> str:
     """``module:qualname`` if ``fn`` can be imported back by that name (not a lambda, a local or ``__main__``)."""
     module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
@@ -120,6 +149,7 @@ def run_check(
     batch) is reported as ``differs`` and passes by default; ``strict=True`` makes it fail."""
     if not isinstance(strict, bool):
         raise TypeError(f"run_check: 'strict' must be a bool, got {strict!r}")
+    _check_options(candidate, adapter, dtype, device, max_examples)
     spec = get(formula)
     if mask_layout not in S.MASK_LAYOUTS:
         raise ValueError(f"run_check: 'mask_layout' must be one of {S.MASK_LAYOUTS}, got {mask_layout!r}")

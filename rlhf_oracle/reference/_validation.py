@@ -6,6 +6,7 @@ Every error names the function and the argument, and says what was expected and 
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -88,25 +89,35 @@ def flag(fn: str, name: str, value: object) -> bool:
     raise ValueError(f"{fn}: '{name}' must be True or False, got {value!r}")
 
 
+def _number(fn: str, name: str, value: object, condition: str) -> None:
+    """A real number (not a bool, a string, None or an array): else the contract's "must be ..." message."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{fn}: '{name}' must be a number {condition}, got {value!r}")
+
+
 def positive(fn: str, name: str, value: float) -> float:
+    _number(fn, name, value, "> 0")
     if not (np.isfinite(value) and value > 0):
         raise ValueError(f"{fn}: '{name}' must be > 0, got {value}")
     return float(value)
 
 
 def non_negative(fn: str, name: str, value: float) -> float:
+    _number(fn, name, value, ">= 0")
     if not (np.isfinite(value) and value >= 0):
         raise ValueError(f"{fn}: '{name}' must be >= 0, got {value}")
     return float(value)
 
 
 def unit_interval(fn: str, name: str, value: float) -> float:
+    _number(fn, name, value, "in [0, 1]")
     if not (0.0 <= value <= 1.0):
         raise ValueError(f"{fn}: '{name}' must be in [0, 1], got {value}")
     return float(value)
 
 
 def greater_than_one(fn: str, name: str, value: float) -> float:
+    _number(fn, name, value, "> 1")
     if not (np.isfinite(value) and value > 1):
         raise ValueError(f"{fn}: '{name}' must be > 1, got {value}")
     return float(value)

@@ -282,7 +282,10 @@ def _sapo_gradient(c: Case, w: np.ndarray) -> dict[str, Grad]:
     s = _sigmoid(tau * (r - 1.0))
     with np.errstate(invalid="ignore", over="ignore"):
         g = np.nan_to_num(-4.0 * s * (1.0 - s) * r * adv, nan=0.0)  # r = inf: s(1 - s) = 0 first
-    return {"logp": no_alt(_agg_weights(c) * g * w)}
+        # sigma (1 - sigma) cancels where the gate saturates: a candidate's 1 - sigma is only as exact as its dtype
+        # relative to 1, so the scale is the size of the terms, 4 r |A| (times the aggregation weight)
+        terms = np.nan_to_num(np.abs(4.0 * np.minimum(r, 1e300) * adv * _agg_weights(c) * w), posinf=1e300)
+    return {"logp": Grad(_agg_weights(c) * g * w, np.full(g.shape, np.nan), terms)}
 
 
 def _sapo_per_token(pos: str = "tau_pos", neg: str = "tau_neg", *, four_over_tau: bool = True, log_gate: bool = False):  # type: ignore[no-untyped-def]
