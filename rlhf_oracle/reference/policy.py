@@ -199,6 +199,7 @@ def policy_loss(
     agg: str = "seq-mean-token-mean",
     *,
     max_tokens: int | None = None,
+    weights: Any = None,
 ) -> float:
     r"""Token-level PPO policy loss of RLHF: minus the clipped surrogate, averaged per ``agg``.
 
@@ -217,18 +218,31 @@ def policy_loss(
     per-sequence 1/|o| average. verl, OpenRLHF and TRL PPO default to ``"token-mean"``. Masked positions may
     hold anything (NaN included). The log-ratio is not clamped (verl/OpenRLHF clamp it to +-20 before ``exp``;
     that only matters where the ratio is astronomically far from 1).
+
+    ``weights`` ([B, T], default None = 1): per-token weights multiplied into the clipped per-token objective
+    before the aggregation, and carrying no gradient: the decoupled PPO of Hilton et al. 2021 (the behaviour
+    policy's weight :math:`\pi_{prox}/\pi_{behav}`) and truncated importance sampling applied to PPO (Yao et al.
+    2025: ``rollout_is_weights``), as verl's and OpenRLHF's ``rollout_is_weights`` arguments do.
     """
     fn = "policy_loss"
     new, old, adv = _ratio_inputs(fn, logp, logp_old, advantages)
     if new.ndim != 2:
         raise ValueError(f"{fn}: 'logp' must have shape [B, T], got {v._shape_str(new.shape)}")
     m = v.as_mask(fn, mask, like=new, like_name="logp")
+    w = None
+    if weights is not None:
+        w = v.as_float(fn, "weights", weights)
+        v.same_shape(fn, "weights", w, "logp", new)
     v.choice(fn, "agg", agg, AGGREGATION_MODES)
     _clip_bounds(fn, clip_eps, clip_eps_high, dual_clip)
     _ratio_inputs_finite(fn, new, old, adv, m)
+    if w is not None:
+        v.finite(fn, "weights", w, m)
     # Fill masked slots with a harmless 0 so that NaN there cannot reach any valid position.
     new, old, adv = (np.where(m, arr, 0.0) for arr in (new, old, adv))
     per_token = ppo_clip_objective(new, old, adv, clip_eps, clip_eps_high=clip_eps_high, dual_clip=dual_clip)
+    if w is not None:
+        per_token = per_token * np.where(m, w, 0.0)
     return -_aggregate(fn, per_token, m, agg, check_max_tokens(fn, max_tokens))
 
 

@@ -162,15 +162,17 @@ def policy_loss(
     agg: str = "seq-mean-token-mean",
     *,
     max_tokens: int | None = None,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    r"""Token-level PPO policy loss: ``-aggregate(ppo_clip_objective(...), mask, agg)``, a 0-dim tensor.
+    r"""Token-level PPO policy loss: ``-aggregate(sg(weights) * ppo_clip_objective(...), mask, agg)``, 0-dim.
 
     Masked positions are replaced by 0 *before* the ratio (``where``), so NaN/inf there reach neither the value
-    nor the gradient. See :func:`rlhf_oracle.reference.policy_loss` (DeepSeekMath eq. 1; DAPO; Ye et al. 2020).
+    nor the gradient; ``weights`` (decoupled PPO, rollout importance weights) are detached. See
+    :func:`rlhf_oracle.reference.policy_loss` (DeepSeekMath eq. 1; DAPO; Ye et al. 2020; Hilton et al. 2021).
     """
     fn = "policy_loss"
     per_token, m, out_dtype, max_tokens = _per_token_objective(
-        fn, logp, logp_old, advantages, mask, clip_eps, clip_eps_high, dual_clip, agg, max_tokens
+        fn, logp, logp_old, advantages, mask, clip_eps, clip_eps_high, dual_clip, agg, max_tokens, weights
     )
     return -_aggregate(fn, per_token, m, agg, max_tokens).to(out_dtype)
 
@@ -186,20 +188,33 @@ def _per_token_objective(
     dual_clip: float | None,
     agg: str,
     max_tokens: int | None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.dtype, int | None]:
-    """(per-token clipped objective, mask, output dtype, max_tokens) of the policy loss on validated inputs; the
-    masked inputs are replaced by 0 before the ratio (shared by the micro-batch shares of torch_impl.distributed)."""
+    """(per-token clipped objective times the detached ``weights``, mask, output dtype, max_tokens) of the policy
+    loss on validated inputs; the masked inputs are replaced by 0 before the ratio (shared by the micro-batch
+    shares of torch_impl.distributed)."""
     new, old, adv = _ratio_inputs(fn, logp, logp_old, advantages)
     if new.ndim != 2:
         raise ValueError(f"{fn}: 'logp' must have shape [B, T], got {v.shape_str(new.shape)}")
     m = v.as_mask(fn, mask, like=new, like_name="logp")
+    w = None
+    if weights is not None:
+        w = v.as_float(fn, "weights", weights)
+        v.same_shape(fn, "weights", w, "logp", new)
     v.choice(fn, "agg", agg, AGGREGATION_MODES)
     low, high, c = _clip_bounds(fn, clip_eps, clip_eps_high, dual_clip)
     for name, arr in (("logp", new), ("logp_old", old), ("advantages", adv)):
         v.finite(fn, name, arr, m)
+    if w is not None:
+        v.finite(fn, "weights", w, m)
     max_tokens = v.optional_positive_int(fn, "max_tokens", max_tokens)
     new, old, adv = (torch.where(m, arr, 0.0) for arr in (new, old, adv))
-    return _surrogate(new, old, adv, low, high, c), m, _out_dtype(new, old, adv), max_tokens
+    per_token = _surrogate(new, old, adv, low, high, c)
+    out_dtype = _out_dtype(new, old, adv)
+    if w is not None:
+        per_token = per_token * torch.where(m, w.detach(), 0.0).to(per_token.dtype)
+        out_dtype = torch.promote_types(out_dtype, w.dtype)
+    return per_token, m, out_dtype, max_tokens
 
 
 PG_FORMS = ("logp", "ratio")

@@ -482,6 +482,25 @@ def _rollout_is(*, inverted: bool = False, geometric: bool = False, truncate: bo
     return rollout_is_weights
 
 
+def _weighted_ppo(*, detach: bool = True) -> Callable[..., Tensor]:
+    """PPO with per-token (decoupled / TIS) weights, seq-mean-token-mean, eps 0.2."""
+
+    def policy_loss(
+        logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float = 0.2,
+        *, weights: Tensor | None = None,
+    ) -> Tensor:  # fmt: skip
+        m = mask.bool()
+        logp, logp_old, adv = _where0(m, logp), _where0(m, logp_old), _where0(m, advantages)
+        ratio = torch.exp(logp - logp_old)
+        per_token = torch.minimum(ratio * adv, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv)
+        if weights is not None:
+            w = _where0(m, weights)
+            per_token = per_token * (w.detach() if detach else w)
+        return _seq_mean_token_mean(-per_token, m)
+
+    return policy_loss
+
+
 MUTANTS: list[Mutant] = [
     Mutant("max instead of min", "policy_loss", _policy_loss(pick=torch.maximum), "sign/bound inversion",
            "max instead of min"),
@@ -578,6 +597,9 @@ MUTANTS: list[Mutant] = [
     Mutant("GSPO full-gradient ratio with token advantages", "gspo_loss", _gspo(full_grad=True),
            "sg() missing: s_i differentiated, right only for constant A", None,
            {"agg": "seq-mean-token-mean", "log_ratio_clamp": None}, "gradients"),
+    Mutant("PPO importance weights not detached", "policy_loss", _weighted_ppo(detach=False),
+           "decoupled PPO weight differentiated", "gradient flows into 'weights'",
+           {"agg": "seq-mean-token-mean", "clip_eps_high": None, "dual_clip": None}, "gradients"),
     # rollout_is_weights (TIS / MIS)
     Mutant("IS ratio inverted", "rollout_is_weights", _rollout_is(inverted=True), "mu / pi_old for pi_old / mu",
            "ratio inverted", {"level": "sequence", "mode": "mask", "upper": 3.0, "lower": None,

@@ -231,3 +231,24 @@ def test_rollout_errors_name_the_argument(impl: object) -> None:
         f(*args, seq_ratio="mean")
     with pytest.raises(ValueError, match=r"rollout_is_weights: 'logp_rollout' has shape \(2, 2\)"):
         f(args[0], conv(np.zeros((2, 2))), args[2])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# policy_loss(weights=): decoupled PPO / TIS applied to PPO
+
+
+def test_policy_loss_weights_multiply_the_clipped_term_and_carry_no_gradient() -> None:
+    w = np.array([[2.0, 0.5, np.nan], [1.0, 0.0, 3.0]])
+    r = np.exp(LOG_R)
+    clipped = np.minimum(r * ADV, np.clip(r, 0.8, 1.2) * ADV)  # eps 0.2
+    per_row = [(2.0 * clipped[0, 0] + 0.5 * clipped[0, 1]) / 2, (clipped[1, 0] + 3.0 * clipped[1, 2]) / 3]
+    assert R.policy_loss(NEW, OLD, ADV, MASK, weights=w) == pytest.approx(-sum(per_row) / 2, rel=1e-14)
+    logp, old, adv, mask = _t(NEW, OLD, ADV, MASK)
+    weights = torch.tensor(np.nan_to_num(w), requires_grad=True)
+    logp.requires_grad_(True)
+    T.policy_loss(logp, old, adv, mask, weights=weights).backward()
+    assert weights.grad is None  # detached
+    g = R.ppo_clip_grad(NEW, OLD, ADV) * np.nan_to_num(w) * np.array([[1 / 4, 1 / 4, 0], [1 / 6, 1 / 6, 1 / 6]])
+    torch.testing.assert_close(logp.grad, -torch.tensor(g), rtol=1e-14, atol=1e-16)
+    with pytest.raises(ValueError, match=r"policy_loss: 'weights' contains NaN or inf at a valid"):
+        R.policy_loss(NEW, OLD, ADV, MASK, weights=np.full((2, 3), np.nan))

@@ -44,6 +44,9 @@ class Composed(Variant):
                 return float(compute_base(cs))
             per_token = ppo.objective(cs, obj or "reference", dual_c, bound)
             m = np.asarray(cs.named()["mask"], dtype=bool)
+            weights = cs.arg("weights", absent=None)  # per-token weights (decoupled PPO, TIS) multiply every variant
+            if weights is not None:
+                per_token = per_token * np.where(m, np.nan_to_num(np.asarray(weights, dtype=np.float64)), 0.0)
             mode, mt = agg.settings(cs, arg)
             value = axis.fn(per_token, m, mode, mt) if axis is not None else agg.value(per_token, m, mode, mt)
             return -sign * value

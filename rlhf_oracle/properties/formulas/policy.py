@@ -90,9 +90,15 @@ def _policy_loss_cases(draw: Draw, fixed: Fixed, accepted: Accepted) -> Case:
         m[0, 0] = True
     logp, logp_old, adv = ppo.arrays(draw, (b, t))
     arrays = {"logp": logp, "logp_old": logp_old, "advantages": adv}
+    weights = p("weights", st.one_of(st.none(), float_arrays((b, t), 0.0, 3.0)))  # decoupled PPO / TIS weights
+    if weights is not None:
+        arrays["weights"] = weights
     fill = fill_padding(draw, arrays, m)
+    kwargs = p.finish()
+    if weights is not None:
+        kwargs["weights"] = arrays["weights"]
     args = (arrays["logp"], arrays["logp_old"], arrays["advantages"], m)
-    return Case("policy_loss", args, (*_PPO_ARGS, "mask"), p.finish(), m, _PPO_ARGS, fill)
+    return Case("policy_loss", args, (*_PPO_ARGS, "mask"), kwargs, m, tuple(arrays), fill)
 
 
 def _empty_row_of(arg: str) -> Callable[[Case, Draw], BadCase | None]:
@@ -117,7 +123,8 @@ def _tol_aggregate(c: Case) -> Conditioning:
 
 def _tol_policy_loss(c: Case) -> Conditioning:
     assert c.mask is not None
-    return tol.sum_cond(c.mask.size), agg.abs_scale(c, ppo.scale(c), "agg")
+    scale = ppo.scale(c) * (1.0 if c.arg("weights") is None else np.abs(tol.valid(c, "weights")))
+    return tol.sum_cond(c.mask.size), agg.abs_scale(c, scale, "agg")
 
 
 def _objective_gradient(c: Case, w: np.ndarray) -> dict[str, Grad]:
@@ -129,8 +136,13 @@ def _policy_loss_gradient(c: Case, w: np.ndarray) -> dict[str, Grad]:
     assert c.mask is not None
     g, alt = ppo.kinks(c)
     weights = agg.weights(c.mask, *agg.settings(c))
+    if c.arg("weights") is not None:  # the per-token weights scale each token's gradient (they are sg(w))
+        weights = weights * tol.valid(c, "weights")
     value = np.where(c.mask, -weights * g, 0.0) * w
-    return {"logp": Grad(value, np.where(c.mask, -weights * alt, np.nan) * w)}
+    out = {"logp": Grad(value, np.where(c.mask, -weights * alt, np.nan) * w)}
+    if c.arg("weights") is not None:
+        out["weights"] = no_alt(np.zeros_like(value))
+    return out
 
 
 def _aggregate_gradient(c: Case, w: np.ndarray) -> dict[str, Grad]:
@@ -169,7 +181,12 @@ def _grad_variants() -> list[Variant]:
 
 
 def _policy_loss_variants() -> list[Variant]:
-    out: list[Variant] = []
+    def unweighted(c: Case) -> float:
+        if c.arg("weights") is None:
+            raise NotImplementedError  # nothing to ignore
+        return float(R.policy_loss(*c.args, **{**c.kwargs, "weights": None}))
+
+    out: list[Variant] = [Variant("weights ignored", "the per-token weights are not multiplied in (w = 1)", unweighted)]
     for obj in [*ppo.OBJECTIVES, None]:
         for clamp in (False, True):
             for agg_index in [*range(N_ALTERNATIVES), None]:
@@ -269,8 +286,9 @@ POLICY_LOSS = register(
         tolerance=_tol_policy_loss,
         tolerance_note="per-token PPO scale (see ppo_clip_objective) aggregated like the loss, times the "
         "reduction's 1 + log2 n.",
-        differentiable=("logp",),
+        differentiable=("logp", "weights"),
         gradient=_policy_loss_gradient,
+        stopped=("weights",),
         paper="Shao et al. 2024 (DeepSeekMath) token-level PPO; Yu et al. 2025 (DAPO) clip-higher; Ye et al. 2020 "
         "dual clip",
         equation="DeepSeekMath eq. 1; DAPO eq. 8; Ye et al. eq. 5",
