@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
 
     from rlhf_oracle.properties import adapters, profiles
     from rlhf_oracle.properties.checks import run_check
-    from rlhf_oracle.properties.engine import validate_conventions
+    from rlhf_oracle.properties.engine import device_unavailable, validate_conventions
     from rlhf_oracle.properties.registry import REGISTRY
 
     console = Console()
@@ -221,11 +221,11 @@ def run(args: argparse.Namespace) -> int:
     if args.timeout is not None and not args.timeout > 0:
         return _usage(f"--timeout must be > 0 seconds, got {args.timeout}")
     try:
-        device = torch.device(args.device)
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return _usage(f"--device {args.device} is not available here: {first}")
+        problem = device_unavailable(torch.device(args.device))
+    except RuntimeError as exc:  # not a device name at all
+        problem = str(exc).strip().splitlines()[0]
+    if problem is not None:
+        return _usage(f"--device {args.device} is not available here: {problem}")
     conventions = {k[len("conv_") :]: v for k, v in vars(args).items() if k.startswith("conv_")}
     params = inspect.signature(REGISTRY[args.formula].reference).parameters
     unknown = [k for k in conventions if k not in params]

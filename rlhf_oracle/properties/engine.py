@@ -86,11 +86,19 @@ def _check_options(candidate: Any, adapter: Any, dtype: Any, device: Any, max_ex
         raise ValueError(f"run_check: 'device' is not a torch device: {device!r} ({exc})") from None
     if dev.type == "meta":
         raise ValueError("run_check: 'device' must hold data; 'meta' tensors have no values to compare")
+    problem = device_unavailable(dev)
+    if problem is not None:
+        raise ValueError(f"run_check: 'device' {device!r} is not available here: {problem}")
+
+
+def device_unavailable(device: torch.device) -> str | None:
+    """Why a tensor cannot be made on ``device`` here (the first line of torch's error: cuda without CUDA), or
+    None."""
     try:
-        torch.zeros(1, device=dev)
-    except (RuntimeError, AssertionError) as exc:  # e.g. cuda without CUDA
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(f"run_check: 'device' {device!r} is not available here: {first}") from None
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as exc:
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return None
 
 
 def _import_ref(fn: Any) -> str:

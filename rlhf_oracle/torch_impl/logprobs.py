@@ -270,12 +270,16 @@ def _takes_forward_only_path(logits: torch.Tensor) -> bool:
     return not needs_grad and logits.dtype in HALF_DTYPES and not torch.compiler.is_compiling()
 
 
+def _check_name(fn: str, logits: torch.Tensor) -> str | None:
+    """The public name the kernels refuse NaN/inf logits in (None: no value check)."""
+    return fn if v.value_checks_enabled() and logits.numel() > 0 else None
+
+
 def _fused(
     fn: str, logits: torch.Tensor, tokens: torch.Tensor | None, tau: float, rows: int, want_h: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    check = fn if v.value_checks_enabled() and logits.numel() > 0 else None
     apply = cast(Any, _LogprobsEntropy.apply)  # Function.apply is untyped in torch's stubs
-    lp, h = apply(logits, tokens, tau, rows, want_h, check)
+    lp, h = apply(logits, tokens, tau, rows, want_h, _check_name(fn, logits))
     return lp, h
 
 
@@ -319,7 +323,7 @@ def token_logprobs(
     if _takes_forward_only_path(z):
         if chunk_size is None:
             rows = _chunk_length(z, None, FORWARD_ONLY_CHUNK_ELEMENTS)
-        return _forward_only_half(z, o, tau, rows, fn if v.value_checks_enabled() and z.numel() > 0 else None)
+        return _forward_only_half(z, o, tau, rows, _check_name(fn, z))
     return _fused(fn, z, o, tau, rows, False)[0]
 
 

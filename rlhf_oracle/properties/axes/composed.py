@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import tolerances as tol
 from ..cases import Case
 from ..variants import Variant, unused
 from . import aggregation as agg
@@ -44,9 +45,8 @@ class Composed(Variant):
                 return float(compute_base(cs))
             per_token = ppo.objective(cs, obj or "reference", dual_c, bound)
             m = np.asarray(cs.named()["mask"], dtype=bool)
-            weights = cs.arg("weights", absent=None)  # per-token weights (decoupled PPO, TIS) multiply every variant
-            if weights is not None:
-                per_token = per_token * np.where(m, np.nan_to_num(np.asarray(weights, dtype=np.float64)), 0.0)
+            if cs.arg("weights", absent=None) is not None:  # per-token weights (decoupled PPO, TIS): every variant
+                per_token = per_token * tol.valid(cs, "weights")
             mode, mt = agg.settings(cs, arg)
             value = axis.fn(per_token, m, mode, mt) if axis is not None else agg.value(per_token, m, mode, mt)
             return -sign * value

@@ -29,7 +29,6 @@ from ..axes import ppo
 from ..axes.composed import aggregate_like_variants
 from ..cases import (
     Accepted,
-    BadCase,
     Case,
     Draw,
     Fixed,
@@ -130,10 +129,6 @@ def _clamp_variants(per_token: Callable[[Case, float], np.ndarray], what: str) -
         Fitted("log-ratio clamp at {c} and +1e-8 in the token count", text + "; token counts guarded with "
                "+ 1e-8 (verl agg_loss)", unused, None, 2, guarded, grid),
     ]  # fmt: skip
-
-
-def _empty_row(c: Case, draw: Draw) -> BadCase | None:
-    return agg.empty_row(c, draw, "agg")
 
 
 def _loss(per_token: Callable[[Case], np.ndarray]) -> Callable[[Case], float]:
@@ -246,7 +241,7 @@ CISPO_LOSS = register(
         stability=ppo.extreme,
         stability_note="log-ratios to +-50: the weight stays at its cap (verl clamps the log-ratio at +-20 first)",
         bad_hyper=(("weight_max", 0.0), ("weight_min", -0.1), ("weight_min", 10.0), ("agg", "sum")),
-        bad_input=_empty_row,
+        bad_input=agg.empty_row,
     )
 )
 
@@ -340,7 +335,7 @@ SAPO_LOSS = register(
         stability=ppo.extreme,
         stability_note="log-ratios to +-50: the gate saturates (4/tau or 0), r = e^50 must not give NaN",
         bad_hyper=(("tau_pos", 0.0), ("tau_neg", -1.0), ("agg", "sum")),
-        bad_input=_empty_row,
+        bad_input=agg.empty_row,
     )
 )
 
@@ -465,6 +460,6 @@ GSPO_LOSS = register(
         stability=ppo.extreme,
         stability_note="log-ratios to +-50: sequence ratios far outside the band, beyond verl's clamp at 10",
         bad_hyper=(("clip_eps", 0.0), ("clip_eps", 1.5), ("log_ratio_clamp", 0.0), ("agg", "sum")),
-        bad_input=_empty_row,
+        bad_input=agg.empty_row,
     )
 )

@@ -31,7 +31,6 @@ from ..axes import ppo
 from ..axes.composed import N_ALTERNATIVES, Composed, aggregate_like_variants, axes_of
 from ..cases import (
     Accepted,
-    BadCase,
     Case,
     Draw,
     Fixed,
@@ -79,6 +78,44 @@ def _aggregate_cases(draw: Draw, fixed: Fixed, accepted: Accepted) -> Case:
     return Case("aggregate", (arrays["values"], m), ("values", "mask"), p.finish(), m, ("values",), fill)
 
 
+# the optional per-token weights of policy_loss and pg_loss (decoupled PPO, TIS): drawn when the candidate takes
+# them, data for the gradient (sg)
+
+
+def _draw_weights(p: Params, arrays: dict[str, np.ndarray], shape: tuple[int, int]) -> None:
+    """Draw the per-token weights into ``arrays`` (so that their padding is filled like the other inputs')."""
+    weights = p("weights", st.one_of(st.none(), float_arrays(shape, 0.0, 3.0)))
+    if weights is not None:
+        arrays["weights"] = weights
+
+
+def _kwargs_with_weights(p: Params, arrays: dict[str, np.ndarray]) -> dict[str, object]:
+    """The case's keyword arguments, with the padded weights in place of the drawn ones."""
+    kwargs = p.finish()
+    if "weights" in arrays:
+        kwargs["weights"] = arrays["weights"]
+    return kwargs
+
+
+def _token_weights(c: Case) -> np.ndarray:
+    """The per-token weights of the case at its valid positions (1 where none are given)."""
+    return np.ones_like(tol.valid(c, "logp")) if c.arg("weights") is None else tol.valid(c, "weights")
+
+
+def _stopped_weights(c: Case, like: np.ndarray) -> dict[str, Grad]:
+    """The reference gradient of the weights when the case has them: exactly 0 (sg)."""
+    return {} if c.arg("weights") is None else {"weights": no_alt(np.zeros_like(like))}
+
+
+def _weights_ignored(reference: Callable[..., float]) -> Variant:
+    def unweighted(c: Case) -> float:
+        if c.arg("weights") is None:
+            raise NotImplementedError  # nothing to ignore
+        return float(reference(*c.args, **{**c.kwargs, "weights": None}))
+
+    return Variant("weights ignored", "the per-token weights are not multiplied in (w = 1)", unweighted)
+
+
 @st.composite
 def _policy_loss_cases(draw: Draw, fixed: Fixed, accepted: Accepted) -> Case:
     b, t = shape_bt(draw)
@@ -90,22 +127,10 @@ def _policy_loss_cases(draw: Draw, fixed: Fixed, accepted: Accepted) -> Case:
         m[0, 0] = True
     logp, logp_old, adv = ppo.arrays(draw, (b, t))
     arrays = {"logp": logp, "logp_old": logp_old, "advantages": adv}
-    weights = p("weights", st.one_of(st.none(), float_arrays((b, t), 0.0, 3.0)))  # decoupled PPO / TIS weights
-    if weights is not None:
-        arrays["weights"] = weights
+    _draw_weights(p, arrays, (b, t))
     fill = fill_padding(draw, arrays, m)
-    kwargs = p.finish()
-    if weights is not None:
-        kwargs["weights"] = arrays["weights"]
     args = (arrays["logp"], arrays["logp_old"], arrays["advantages"], m)
-    return Case("policy_loss", args, (*_PPO_ARGS, "mask"), kwargs, m, tuple(arrays), fill)
-
-
-def _empty_row_of(arg: str) -> Callable[[Case, Draw], BadCase | None]:
-    def bad(c: Case, draw: Draw) -> BadCase | None:
-        return agg.empty_row(c, draw, arg)
-
-    return bad
+    return Case("policy_loss", args, (*_PPO_ARGS, "mask"), _kwargs_with_weights(p, arrays), m, tuple(arrays), fill)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -123,7 +148,7 @@ def _tol_aggregate(c: Case) -> Conditioning:
 
 def _tol_policy_loss(c: Case) -> Conditioning:
     assert c.mask is not None
-    scale = ppo.scale(c) * (1.0 if c.arg("weights") is None else np.abs(tol.valid(c, "weights")))
+    scale = ppo.scale(c) * np.abs(_token_weights(c))
     return tol.sum_cond(c.mask.size), agg.abs_scale(c, scale, "agg")
 
 
@@ -135,14 +160,9 @@ def _objective_gradient(c: Case, w: np.ndarray) -> dict[str, Grad]:
 def _policy_loss_gradient(c: Case, w: np.ndarray) -> dict[str, Grad]:
     assert c.mask is not None
     g, alt = ppo.kinks(c)
-    weights = agg.weights(c.mask, *agg.settings(c))
-    if c.arg("weights") is not None:  # the per-token weights scale each token's gradient (they are sg(w))
-        weights = weights * tol.valid(c, "weights")
+    weights = agg.weights(c.mask, *agg.settings(c)) * _token_weights(c)  # sg(w) scales each token's gradient
     value = np.where(c.mask, -weights * g, 0.0) * w
-    out = {"logp": Grad(value, np.where(c.mask, -weights * alt, np.nan) * w)}
-    if c.arg("weights") is not None:
-        out["weights"] = no_alt(np.zeros_like(value))
-    return out
+    return {"logp": Grad(value, np.where(c.mask, -weights * alt, np.nan) * w), **_stopped_weights(c, value)}
 
 
 def _aggregate_gradient(c: Case, w: np.ndarray) -> dict[str, Grad]:
@@ -181,12 +201,7 @@ def _grad_variants() -> list[Variant]:
 
 
 def _policy_loss_variants() -> list[Variant]:
-    def unweighted(c: Case) -> float:
-        if c.arg("weights") is None:
-            raise NotImplementedError  # nothing to ignore
-        return float(R.policy_loss(*c.args, **{**c.kwargs, "weights": None}))
-
-    out: list[Variant] = [Variant("weights ignored", "the per-token weights are not multiplied in (w = 1)", unweighted)]
+    out: list[Variant] = [_weights_ignored(R.policy_loss)]
     for obj in [*ppo.OBJECTIVES, None]:
         for clamp in (False, True):
             for agg_index in [*range(N_ALTERNATIVES), None]:
@@ -273,7 +288,7 @@ AGGREGATE = register(
         conventions=("agg", "max_tokens"),
         variants=tuple(aggregate_like_variants("agg", _values)),
         bad_hyper=(("agg", "mean"), ("max_tokens", 0)),
-        bad_input=_empty_row_of("agg"),
+        bad_input=agg.empty_row,
     )
 )
 
@@ -300,7 +315,7 @@ POLICY_LOSS = register(
         stability=ppo.extreme,
         stability_note=ppo.STABILITY_NOTE,
         bad_hyper=(("clip_eps", 0.0), ("agg", "sum"), ("dual_clip", 0.9), ("clip_eps_high", -0.1)),
-        bad_input=_empty_row_of("agg"),
+        bad_input=agg.empty_row,
     )
 )
 
@@ -321,55 +336,37 @@ def _pg_loss_cases(draw: Draw, fixed: Fixed, accepted: Accepted) -> Case:
     if mode == "token-mean" and not m.any():
         m[0, 0] = True
     arrays = {"logp": draw(float_arrays((b, t), -12.0, 0.0)), "advantages": draw(advantages_like((b, t)))}
-    weights = p("weights", st.one_of(st.none(), float_arrays((b, t), 0.0, 3.0)))
-    if weights is not None:
-        arrays["weights"] = weights
+    _draw_weights(p, arrays, (b, t))
     fill = fill_padding(draw, arrays, m)
-    kwargs = p.finish()
-    if weights is not None:
-        kwargs["weights"] = arrays["weights"]
     args = (arrays["logp"], arrays["advantages"], m)
-    return Case("pg_loss", args, (*_PG_ARGS, "mask"), kwargs, m, tuple(arrays), fill)
+    return Case("pg_loss", args, (*_PG_ARGS, "mask"), _kwargs_with_weights(p, arrays), m, tuple(arrays), fill)
 
 
-def _pg_weights(c: Case) -> np.ndarray:
-    w = c.arg("weights")
-    return np.ones_like(tol.valid(c, "logp")) if w is None else tol.valid(c, "weights")
-
-
-def _pg_per_token(c: Case, form: str | None = None, *, weighted: bool = True) -> np.ndarray:
+def _pg_per_token(c: Case) -> np.ndarray:
     """The per-token loss term -w A log pi (``form="logp"``) or -w A (``"ratio"``), 0 at masked slots."""
-    coef = tol.valid(c, "advantages") * (_pg_weights(c) if weighted else 1.0)
-    if (form or c.arg("form")) == "logp":
+    coef = tol.valid(c, "advantages") * _token_weights(c)
+    if c.arg("form") == "logp":
         coef = coef * tol.valid(c, "logp")
     return np.asarray(-coef)
 
 
 def _tol_pg_loss(c: Case) -> Conditioning:
     assert c.mask is not None
-    size = np.abs(_pg_weights(c) * tol.valid(c, "advantages")) * (1.0 + np.abs(tol.valid(c, "logp")))
+    size = np.abs(_token_weights(c) * tol.valid(c, "advantages")) * (1.0 + np.abs(tol.valid(c, "logp")))
     return tol.sum_cond(c.mask.size), agg.abs_scale(c, size)
 
 
 def _pg_loss_gradient(c: Case, w: np.ndarray) -> dict[str, Grad]:
     assert c.mask is not None
     weights = agg.weights(c.mask, *agg.settings(c))
-    g = np.where(c.mask, -weights * _pg_weights(c) * tol.valid(c, "advantages"), 0.0) * w
-    out = {"logp": no_alt(g)}
-    if c.arg("weights") is not None:  # sg(w): the weights are data
-        out["weights"] = no_alt(np.zeros_like(g))
-    return out
+    g = np.where(c.mask, -weights * _token_weights(c) * tol.valid(c, "advantages"), 0.0) * w
+    return {"logp": no_alt(g), **_stopped_weights(c, g)}
 
 
 def _pg_loss_variants() -> list[Variant]:
     def other_form(c: Case) -> float:
         other = next(f for f in R.PG_FORMS if f != c.arg("form"))
         return float(R.pg_loss(*c.args, **{**c.kwargs, "form": other}))
-
-    def unweighted(c: Case) -> float:
-        if c.arg("weights") is None:
-            raise NotImplementedError  # nothing to ignore
-        return float(R.pg_loss(*c.args, **{**c.kwargs, "weights": None}))
 
     return [
         Variant(
@@ -378,7 +375,7 @@ def _pg_loss_variants() -> list[Variant]:
             "asked, or the reverse: same gradient, different value",
             other_form,
         ),
-        Variant("weights ignored", "the importance weights are not multiplied in (w = 1)", unweighted),
+        _weights_ignored(R.pg_loss),
         *aggregate_like_variants("agg", _pg_per_token),
     ]
 
@@ -402,6 +399,6 @@ PG_LOSS = register(
         conventions=("agg", "form", "max_tokens"),
         variants=tuple(_pg_loss_variants()),
         bad_hyper=(("agg", "sum"), ("form", "log"), ("max_tokens", 0)),
-        bad_input=_empty_row_of("agg"),
+        bad_input=agg.empty_row,
     )
 )
