@@ -304,6 +304,62 @@ def _kl_estimator_gradients() -> Derivation:
     )
 
 
+def _kl_loss_ratio_corrected() -> Derivation:
+    """The KL loss term's expected gradient on samples of pi_old = pi: the straight-through k2 gradient and the
+    ratio-corrected k3 (ratio not detached) are both unbiased for grad KL(pi || pi_ref); k3 alone is not."""
+    n = 3
+    theta = list(sp.symbols(f"theta1:{n + 1}", real=True))
+    old = list(sp.symbols(f"phi1:{n + 1}", real=True))  # pi_old's logits: constants, set to theta after d/dtheta
+    pi = [sp.exp(t) / sum(sp.exp(u) for u in theta) for t in theta]
+    pi_old = [sp.exp(t) / sum(sp.exp(u) for u in old) for t in old]
+    q = [sp.Rational(1, 5), sp.Rational(3, 10), sp.Rational(1, 2)]
+    k3 = [q[i] / pi[i] - 1 - sp.log(q[i] / pi[i]) for i in range(n)]
+    k2 = [sp.log(pi[i] / q[i]) ** 2 / 2 for i in range(n)]
+    # k2 - sg(k2) + sg(k3): sg() is a constant under d/dtheta, so the term differentiates like k2
+    straight = k2
+    corrected = [pi[i] / pi_old[i] * k3[i] for i in range(n)]  # rho k3, rho differentiable
+    reverse_kl = sum(pi[i] * sp.log(pi[i] / q[i]) for i in range(n))
+    on_policy = dict(zip(old, theta, strict=True))
+
+    def expected(terms: list[sp.Expr], t: sp.Symbol) -> sp.Expr:  # E_{x ~ pi_old}[d term(x) / d theta]
+        return sum(pi_old[i] * sp.diff(terms[i], t) for i in range(n)).subs(on_policy)
+
+    points = [dict(zip(theta, vals, strict=True)) for vals in ((0, 0, 0), (1, -2, sp.Rational(1, 2)), (3, 0, -1))]
+
+    def same(a: sp.Expr, b: sp.Expr) -> bool:
+        return all(abs(sp.N((a - b).subs(pt), 40)) < sp.Float(1e-35) for pt in points)
+
+    target = [sp.diff(reverse_kl, t) for t in theta]
+    st_ok = all(same(expected(straight, t), target[j]) for j, t in enumerate(theta))
+    rc_ok = all(same(expected(corrected, t), target[j]) for j, t in enumerate(theta))
+    plain_biased = not all(same(expected(k3, t), target[j]) for j, t in enumerate(theta))
+    value_same = all(same(corrected[i].subs(on_policy), k3[i]) for i in range(n))
+    return Derivation(
+        name="kl_loss_ratio_corrected",
+        title="KL as a loss: the straight-through and the ratio-corrected terms are unbiased",
+        title_zh="KL 作为损失项：直通梯度与比率校正项都是无偏的",
+        statement=(
+            r"\mathbb{E}_{x\sim\pi_{old}}\big[\nabla_\theta(k_2 - \mathrm{sg}(k_2) + \mathrm{sg}(k_3))\big]"
+            r" = \mathbb{E}_{x\sim\pi_{old}}\big[\nabla_\theta(\tfrac{\pi_\theta}{\pi_{old}}\,k_3)\big]"
+            r" = \nabla_\theta\mathrm{KL}(\pi_\theta\|\pi_{ref})"
+            r" \ne \mathbb{E}_{x\sim\pi_{old}}[\nabla_\theta k_3]\quad\text{at } \pi_{old} = \pi_\theta"
+        ),
+        derivation=(
+            r"\nabla(k_2 - \mathrm{sg}(k_2) + \mathrm{sg}(k_3)) = \nabla k_2 = \log\tfrac{\pi}{\pi_{ref}}\,"
+            r"\nabla\log\pi \quad(\text{see above})",
+            r"\nabla\big(\tfrac{\pi}{\pi_{old}}k_3\big) = "
+            r"\tfrac{\pi}{\pi_{old}}\big(k_3\nabla\log\pi + \nabla k_3\big)",
+            r"\mathbb{E}_{\pi_{old}}\big[\tfrac{\pi}{\pi_{old}}(k_3\nabla\log\pi + \nabla k_3)\big] = "
+            r"\sum_x \big(k_3\nabla\pi + \pi\nabla k_3\big) = \nabla\,\mathbb{E}_{\pi}[k_3] = "
+            r"\nabla\mathrm{KL}(\pi\|\pi_{ref})",
+            r"\text{at } \pi_{old} = \pi \text{ the value is unchanged: } \tfrac{\pi}{\pi_{old}} k_3 = k_3",
+        ),
+        holds=bool(st_ok and rc_ok and plain_biased and value_same),
+        page="kl-estimators",
+        exprs=MappingProxyType({"theta": theta, "pi": pi, "q": q, "corrected": corrected, "target": target}),
+    )
+
+
 # --------------------------------------------------------------------------------------------------------------
 # GAE and the KL-in-reward identity
 
@@ -593,6 +649,7 @@ _BUILDERS: dict[str, Callable[[], Derivation]] = {
     "ranking_normaliser": _ranking_normaliser,
     "kl_estimators_expectation": _kl_estimators_expectation,
     "kl_estimator_gradients": _kl_estimator_gradients,
+    "kl_loss_ratio_corrected": _kl_loss_ratio_corrected,
     "gae_lambda_one": _gae_lambda_one,
     "gae_lambda_zero": _gae_lambda_zero,
     "kl_reward_telescoping": _kl_reward_telescoping,

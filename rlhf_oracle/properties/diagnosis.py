@@ -21,7 +21,7 @@ import contextlib
 import inspect
 import math
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -30,7 +30,9 @@ import torch
 from hypothesis import strategies as st
 
 from . import strategies as S
+from . import tolerances as tol
 from .calls import Context, candidate_call, compare, output_dtypes, outputs, reference_outputs, rounded, sample_cases
+from .gradients import GradientVariant
 from .registry import FormulaSpec
 from .report import Failure
 from .strategies import Case
@@ -398,10 +400,30 @@ def _empty_row_convention(ctx: Context, failure: Failure, rc: Case) -> str | Non
 
 
 def grad_diagnosis(
-    case: Case, name: str, expected: np.ndarray, actual: np.ndarray, *, stopped: bool = False
+    case: Case,
+    name: str,
+    expected: np.ndarray,
+    actual: np.ndarray,
+    *,
+    stopped: bool = False,
+    readings: Sequence[GradientVariant] = (),
+    w: np.ndarray | None = None,
+    allowed: np.ndarray | None = None,
 ) -> list[str]:
-    """Why the gradient of input ``name`` differs; ``stopped``: the formula puts a stop-gradient on it."""
+    """Why the gradient of input ``name`` differs; ``stopped``: the formula puts a stop-gradient on it;
+    ``readings``: the formula's known gradient-only variants, matched against ``actual`` within ``allowed``
+    (``w``: the output weights the gradient was taken with)."""
     out = []
+    for reading in readings:
+        if w is None or allowed is None:
+            break
+        try:
+            with np.errstate(all="ignore"):
+                g = reading.gradient(case, w).get(name)
+        except NotImplementedError:
+            continue
+        if g is not None and float(tol.error_ratio(actual, g, allowed).max(initial=0.0)) <= 1.0:
+            out.append(f"the gradient matches {reading.name}: {reading.description}")
     if not np.any(actual) and np.any(expected):
         out.append("the gradient is zero everywhere: the output does not depend on the input through autograd")
     if case.mask is not None and name in case.per_token:

@@ -18,13 +18,14 @@ sits on it up to the rounding of the candidate's dtype (:func:`kink_band`): a bf
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["Grad", "kink_band", "kink_rtol", "no_alt", "softmax", "weights_for"]
+__all__ = ["Grad", "GradientVariant", "kink_band", "kink_rtol", "no_alt", "softmax", "weights_for"]
 
 _KINK_RTOL: ContextVar[float] = ContextVar("kink_rtol", default=1e-6)
 
@@ -53,6 +54,18 @@ class Grad(NamedTuple):
     value: np.ndarray
     alternative: np.ndarray
     scale: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class GradientVariant:
+    """A known reading that changes only the gradient (a straight-through estimator, a detached factor): the
+    diagnosis names it when the candidate's gradient matches it."""
+
+    name: str
+    description: str
+    gradient: Callable[[Any, np.ndarray], dict[str, np.ndarray]]
+    """``gradient(case, w)`` -> input name -> expected gradient under this reading (NotImplementedError: the
+    reading does not apply to the case)."""
 
 
 def weights_for(shape: tuple[int, ...]) -> np.ndarray:

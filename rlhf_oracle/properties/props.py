@@ -290,7 +290,10 @@ def _grad_body(ctx: Context, case: Case, prop: str = "gradients") -> float:
                 f"got {float(actual[idx])!r}"
             )
             failure = Failure(prop, "grad", case, rc, msg, exp, actual, idx, 0, r, dtype=ctx.dtype)
-            failure.diagnosis = grad_diagnosis(rc, name, exp, actual, stopped=name in ctx.spec.stopped)
+            failure.diagnosis = grad_diagnosis(
+                rc, name, exp, actual, stopped=name in ctx.spec.stopped,
+                readings=ctx.spec.gradient_variants, w=w_used, allowed=allowed,
+            )  # fmt: skip
             raise Mismatch(failure)
         worst = max(worst, r)
     target(min(worst, 1e12), label="gradient error / allowed error")

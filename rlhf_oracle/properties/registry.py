@@ -17,7 +17,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from .cases import BadCase, Case, Draw
-from .gradients import Grad
+from .gradients import Grad, GradientVariant
 from .variants import Variant
 
 __all__ = ["REGISTRY", "Conditioning", "FormulaSpec", "get", "register"]
@@ -81,6 +81,9 @@ class FormulaSpec:
     gradient_of: Callable[[Case], Case] | None = None
     """Where the loss is defined by its gradient (``sg()`` inside): the case whose reference *value* the gradient
     differentiates (``pg_loss(form="ratio")`` has the value -w A and the gradient of ``form="logp"``)."""
+    gradient_variants: tuple[GradientVariant, ...] = ()
+    """Known readings that change only the gradient (straight-through, a detached factor): the ``gradients``
+    diagnosis names the one the candidate's gradient matches."""
 
     @property
     def has_mask(self) -> bool:

@@ -26,8 +26,10 @@ from .grpo_losses import cispo_loss as cispo_loss
 from .grpo_losses import gspo_loss as gspo_loss
 from .grpo_losses import sapo_loss as sapo_loss
 from .kl import KL_ESTIMATORS as KL_ESTIMATORS
+from .kl import KL_GRADIENTS as KL_GRADIENTS
 from .kl import kl_estimate as kl_estimate
 from .kl import kl_exact as kl_exact
+from .kl import kl_loss as kl_loss
 from .kl_control import AdaptiveKLController as AdaptiveKLController
 from .kl_control import adaptive_kl_update as adaptive_kl_update
 from .logprobs import entropy_from_logits as entropy_from_logits
@@ -58,6 +60,7 @@ __all__ = [
     "IS_LEVELS",
     "IS_MODES",
     "KL_ESTIMATORS",
+    "KL_GRADIENTS",
     "PG_FORMS",
     "SCORE_POSITIONS",
     "SEQ_RATIOS",
@@ -75,6 +78,7 @@ __all__ = [
     "gspo_loss",
     "kl_estimate",
     "kl_exact",
+    "kl_loss",
     "kl_shaped_rewards",
     "logprobs_and_entropy",
     "micro_batch_aggregate",

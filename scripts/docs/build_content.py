@@ -112,22 +112,26 @@ def plot_ppo_clip(lang: Lang) -> tuple[str, str]:
 
 
 def plot_kl_estimators(lang: Lang) -> tuple[str, str]:
-    """k1, k2, k3 as functions of the log-ratio Delta = log pi - log pi_ref."""
+    """k1, k2, k3 and abs as functions of the log-ratio Delta = log pi - log pi_ref."""
     page_lang, (plt, lang) = lang, _pyplot(lang)  # lang: the language of the labels
     delta = np.linspace(-2.0, 2.0, 401)
     zeros = np.zeros_like(delta)
     fig, ax = plt.subplots(figsize=(6.0, 3.4))
-    for kind, color in zip(ref.KL_ESTIMATORS, ("C0", "C1", "C2"), strict=True):
-        ax.plot(delta, ref.kl_estimate(delta, zeros, kind), color=color, lw=2, label=f"$k_{kind[1]}$")
+    for kind, color in zip(ref.KL_ESTIMATORS, ("C0", "C1", "C2", "C3"), strict=True):
+        style = ":" if kind == "abs" else "-"
+        ax.plot(delta, ref.kl_estimate(delta, zeros, kind), color=color, lw=2, ls=style, label=_kl_label(kind, "$"))
     ax.axhline(0, color="0.3", lw=0.8)
     ax.set_xlabel(r"$\Delta = \log\pi_\theta(o_t|\cdot) - \log\pi_{ref}(o_t|\cdot)$")
     ax.set_ylabel(_tr(lang, "per-token estimate", "逐 token 估计值"))
     ax.set_ylim(-2.2, 4.5)
     ax.legend()
     fig.tight_layout()
-    return _svg_data_uri(fig), _tr(
-        page_lang, "The three KL estimators against the log-ratio", "三种 KL 估计量随对数比的变化"
-    )
+    return _svg_data_uri(fig), _tr(page_lang, "The KL estimators against the log-ratio", "各 KL 估计量随对数比的变化")
+
+
+def _kl_label(kind: str, math: str = "$") -> str:
+    """k_1 / |Delta| as inline maths."""
+    return f"{math}|\\Delta|{math}" if kind == "abs" else f"{math}k_{kind[1]}{math}"
 
 
 def plot_pairwise_loss(lang: Lang) -> tuple[str, str]:
@@ -244,17 +248,18 @@ def table_kl_estimators(lang: Lang) -> str:
         "k1": _tr(lang, "either (negative for about half the samples)", "可正可负（约一半样本为负）"),
         "k2": "≥ 0",
         "k3": "≥ 0",
+        "abs": "≥ 0",
     }
     computed = {mu: kl_estimator_moments(mu) for mu in (0.1, 1.0)}
     rows = []
     for kind in ref.KL_ESTIMATORS:
-        cells = [f"$k_{kind[1]}$", signs[kind]]
+        cells = [_kl_label(kind), signs[kind]]
         for mu in (0.1, 1.0):
             bias, std = computed[mu][kind]
-            printed_bias, printed_std = SCHULMAN_PRINTED[mu][kind]
+            printed = SCHULMAN_PRINTED[mu].get(kind)  # abs is not in Schulman's table
             bias = 0.0 if abs(bias) < 5e-5 else bias  # no "-0.0000" for an unbiased estimator
-            cells.append(f"{bias:.4f} ({printed_bias:g})")
-            cells.append(f"{std:.4f} ({printed_std:g})")
+            cells.append(f"{bias:.4f}" + ("" if printed is None else f" ({printed[0]:g})"))
+            cells.append(f"{std:.4f}" + ("" if printed is None else f" ({printed[1]:g})"))
         rows.append(cells)
     return _table(header, rows)
 

@@ -156,6 +156,8 @@ def _kl(kind_override: str | None = None, flip: bool = False, guard: bool = True
             return delta
         if kind == "k2":
             return 0.5 * delta**2
+        if kind == "abs":
+            return delta.abs()
         if guard and log_ratio_clamp is not None:
             delta = delta.clamp(-log_ratio_clamp, log_ratio_clamp)
         return torch.exp(-delta) - 1 + delta  # without the guard: exp overflows in float32 (verl #891)
@@ -362,6 +364,31 @@ def _kl_shaped_penalty_everywhere(
     return rewards
 
 
+def _kl_loss(
+    *, detach_ratio: bool = False, ignore_old: bool = False, straight_through: bool = True, flip: bool = False
+) -> Callable[..., Tensor]:
+    """GRPO's KL loss term beta * agg(k3), token-mean, as TRL (ratio-corrected) and verl ("k3+") write it, with one
+    bug switched on."""
+
+    def kl_loss(
+        logp: Tensor, logp_ref: Tensor, mask: Tensor, kind: str = "k3", agg: str = "token-mean", *,
+        grad: str = "estimator", logp_old: Tensor | None = None,
+    ) -> Tensor:  # fmt: skip
+        m = mask.bool()
+        delta = _where0(m, logp - logp_ref.detach())
+        delta = -delta if flip else delta
+        k = torch.expm1(-delta) + delta
+        if grad == "k2" and straight_through:  # verl: backward of k2, forward of k
+            k2 = 0.5 * delta.square()
+            k = k2 - k2.detach() + k.detach()
+        if logp_old is not None and not ignore_old:
+            ratio = torch.exp(_where0(m, logp - logp_old))
+            k = k * (ratio.detach() if detach_ratio else ratio)
+        return _where0(m, k).sum() / m.sum()
+
+    return kl_loss
+
+
 def _pg_loss(
     *, detach_weights: bool = True, ratio_without_sg: bool = False, ignore_weights: bool = False,
     reduce: Callable[[Tensor, Tensor], Tensor] | None = None,
@@ -562,6 +589,19 @@ MUTANTS: list[Mutant] = [
            "OpenRLHF PR #1240", "multiply-by-mask", {"agg": "seq-mean-token-mean"}, "masked_slots"),
     Mutant("KL penalty written at masked positions", "kl_shaped_rewards", _kl_shaped_penalty_everywhere,
            "penalty not masked", "masked positions", {}, "masked_outputs"),
+    # kl_loss (the KL penalty as a loss term)
+    Mutant("KL ratio correction detached", "kl_loss", _kl_loss(detach_ratio=True),
+           "k3 * ratio.detach(): use_bias_correction_kl without its gradient", "the ratio detached",
+           {"kind": "k3", "agg": "token-mean", "grad": "estimator"}, "gradients"),
+    Mutant("straight-through KL gradient missing", "kl_loss", _kl_loss(straight_through=False),
+           "verl 'k3+' computed as plain k3: the k2 gradient not substituted", "the other gradient",
+           {"kind": "k3", "agg": "token-mean", "grad": "k2"}, "gradients"),
+    Mutant("KL ratio correction dropped", "kl_loss", _kl_loss(ignore_old=True),
+           "logp_old accepted but never multiplied in", "ratio missing",
+           {"kind": "k3", "agg": "token-mean", "grad": "estimator"}),
+    Mutant("KL loss with the log-ratio flipped", "kl_loss", _kl_loss(flip=True),
+           "k3 of logp_ref - logp (the KL of the wrong direction)", "log-ratio flipped",
+           {"kind": "k3", "agg": "token-mean", "grad": "estimator"}),
     # pg_loss (REINFORCE / GPG)
     Mutant("importance weights not detached", "pg_loss", _pg_loss(detach_weights=False), "sg(w) missing",
            "gradient flows into 'weights'", {"agg": "seq-mean-token-mean"}, "gradients"),

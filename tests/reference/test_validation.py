@@ -102,7 +102,7 @@ def test_out_of_range_hyper_parameters(call, fragment: str) -> None:
 def test_unknown_options_list_the_choices() -> None:
     with raises(ValueError, "aggregate: 'agg' must be one of", "'token-mean'", "got 'mean'"):
         ref.aggregate(X, M, "mean")
-    with raises(ValueError, "kl_estimate: 'kind' must be one of ('k1', 'k2', 'k3'), got 'k4'"):
+    with raises(ValueError, "kl_estimate: 'kind' must be one of ('k1', 'k2', 'k3', 'abs'), got 'k4'"):
         ref.kl_estimate(X, X, "k4")
     with raises(ValueError, "policy_loss: 'agg' must be one of"):
         ref.policy_loss(X, X, X, M, agg="sum")

@@ -99,7 +99,10 @@ def test_dtype() -> None:
             lambda: ti.kl_shaped_rewards(z(1), z(1, 2), z(1, 2), ones_mask(1, 2), -1.0),
             "kl_shaped_rewards: 'beta' must be >= 0, got -1.0",
         ),
-        (lambda: ti.kl_estimate(z(2), z(2), "k4"), "kl_estimate: 'kind' must be one of ('k1', 'k2', 'k3'), got 'k4'"),
+        (
+            lambda: ti.kl_estimate(z(2), z(2), "k4"),
+            "kl_estimate: 'kind' must be one of ('k1', 'k2', 'k3', 'abs'), got 'k4'",
+        ),
         (
             lambda: ti.kl_estimate(z(2), z(2), log_ratio_clamp=0.0),
             "kl_estimate: 'log_ratio_clamp' must be > 0, got 0.0",
@@ -222,7 +225,7 @@ def test_k3_overflow_in_the_input_dtype(dtype: torch.dtype, gap: float) -> None:
     logp, logp_ref = torch.tensor([0.0, 0.0], dtype=dtype), torch.tensor([1.0, gap], dtype=dtype)
     raises(
         ValueError,
-        f"kl_estimate: k3 overflows at logp_ref - logp = {gap}; pass log_ratio_clamp",
+        f"kl_estimate: k3 overflows at logp_ref - logp = {gap}; pass log_ratio_clamp or output_clamp",
         lambda: ti.kl_estimate(logp, logp_ref, "k3"),
     )
     # the clamp fixes it (where exp(c) fits the dtype)

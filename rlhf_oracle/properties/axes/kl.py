@@ -1,7 +1,8 @@
-"""The KL-estimator axis, shared by ``kl_estimate`` and ``kl_shaped_rewards`` (and through them the demo): the
-estimators k1/k2/k3 of Schulman 2020 (their names read from :data:`rlhf_oracle.reference.KL_ESTIMATORS`), the
-log-ratio clamp, the magnitude the tolerance scales by, and the variants the diagnosis names (another kind, the
-log-ratio flipped, the estimate negated, |k1|, k2 without 1/2, clamps of the log-ratio or of the output)."""
+"""The KL-estimator axis, shared by ``kl_estimate``, ``kl_loss`` and ``kl_shaped_rewards`` (and through them
+the demo): the estimators k1/k2/k3 of Schulman 2020 and abs (their names read from
+:data:`rlhf_oracle.reference.KL_ESTIMATORS`), the log-ratio clamp, the magnitude the tolerance scales by, and the
+variants the diagnosis names (another kind, the log-ratio flipped, the estimate negated, k2 without 1/2, clamps of
+the log-ratio or of the output, the output clamp ignored)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from ..cases import Case
 from ..variants import Variant, fit_constant, fmt, unused
 from .ppo import CLAMP_GRID
 
-__all__ = ["KINDS", "KLVariant", "clamped", "delta", "estimator", "scale", "variants"]
+__all__ = ["KINDS", "KLVariant", "clamped", "delta", "estimator", "out_clamped", "scale", "slope", "variants"]
 
 KINDS: tuple[str, ...] = R.KL_ESTIMATORS
 """The estimator kinds, read from the reference."""
@@ -29,13 +30,27 @@ def delta(c: Case) -> np.ndarray:
 
 
 def estimator(kind: str, d: np.ndarray) -> np.ndarray:
-    """k1 = Delta, k2 = Delta^2 / 2, k3 = e^-Delta - 1 + Delta."""
+    """k1 = Delta, k2 = Delta^2 / 2, k3 = e^-Delta - 1 + Delta, abs = |Delta|."""
     with np.errstate(all="ignore"):
         if kind == "k1":
             return d
         if kind == "k2":
             return np.asarray(0.5 * d**2)
+        if kind == "abs":
+            return np.asarray(np.abs(d))
         return np.asarray(np.expm1(-d) + d)
+
+
+def slope(kind: str, d: np.ndarray) -> np.ndarray:
+    """d estimator / d Delta: 1, Delta, 1 - e^-Delta, sign(Delta) (abs: 0 at Delta = 0, both sides +-1)."""
+    with np.errstate(over="ignore"):
+        return np.asarray({"k1": np.ones_like(d), "k2": d, "k3": -np.expm1(-d), "abs": np.sign(d)}[kind])
+
+
+def out_clamped(c: Case, value: np.ndarray) -> np.ndarray:
+    """``value`` clamped to the case's ``output_clamp`` (if any)."""
+    bound = c.arg("output_clamp", absent=None)
+    return np.asarray(np.clip(value, -bound, bound)) if bound is not None else value
 
 
 def clamped(c: Case, d: np.ndarray) -> np.ndarray:
@@ -49,7 +64,7 @@ def scale(c: Case, logp: np.ndarray, logp_ref: np.ndarray) -> np.ndarray:
     of size 1 cancel near Delta = 0; exp amplifies the error of Delta)."""
     d = clamped(c, logp - logp_ref)
     kind = c.arg("kind")
-    if kind == "k1":
+    if kind in ("k1", "abs"):
         return np.asarray(np.abs(d))
     if kind == "k2":
         return np.asarray(d**2)
@@ -61,7 +76,6 @@ def scale(c: Case, logp: np.ndarray, logp_ref: np.ndarray) -> np.ndarray:
 FORMS = {
     "flipped": "{kind} of logp_ref - logp instead of logp - logp_ref (KL sign flipped)",
     "negated": "minus the {kind} estimator",
-    "abs": "|k1| = |logp - logp_ref| (TRL legacy kl_penalty='abs', verl 'abs')",
     "no half": "(logp - logp_ref)^2 without the 1/2 of k2",
 }
 
@@ -89,16 +103,18 @@ class KLVariant(Variant):
                 value = estimator(kind, -d)
             elif self.form == "negated":
                 value = -estimator(kind, d)
-            elif self.form == "abs":
-                value = np.abs(d)
             elif self.form == "no half":
                 value = d**2
             else:
                 value = estimator(kind, d)
-        return np.asarray(np.clip(value, -out_bound, out_bound) if out_bound is not None else value)
+        if out_bound is not None:
+            return np.asarray(np.clip(value, -out_bound, out_bound))
+        return value if self.out_clamp or self.form == "output clamp ignored" else out_clamped(c, value)
 
     def resolve(self, case: Case, actual: list[np.ndarray] | None = None) -> Variant:
         if self.form == "clamp ignored" and case.arg("log_ratio_clamp") is None:
+            raise NotImplementedError
+        if self.form == "output clamp ignored" and case.arg("output_clamp", absent=None) is None:
             raise NotImplementedError
         in_bound: float | None = None
         out_bound: float | None = None
@@ -125,8 +141,8 @@ class KLVariant(Variant):
                 f"kind={self.kind!r} " + ("with the log-ratio flipped" if self.form == "flipped" else "negated")
             )
             text.append(FORMS[self.form].format(kind=self.kind))
-        elif self.form in ("abs", "no half"):
-            parts.append("|k1|" if self.form == "abs" else "k2 without the 1/2")
+        elif self.form == "no half":
+            parts.append("k2 without the 1/2")
             text.append(FORMS[self.form])
         elif self.form == "clamp ignored":
             parts.append("log_ratio_clamp ignored")
@@ -134,6 +150,9 @@ class KLVariant(Variant):
                 "no clamp of the log-ratio before exp: exp(-Delta) overflows float32/bf16 beyond |Delta| = 88.7 "
                 "(verl #891, OpenRLHF #525: clamp before exp, not after)"
             )
+        elif self.form == "output clamp ignored":
+            parts.append("output_clamp ignored")
+            text.append("the estimate not clamped to [-output_clamp, output_clamp]: beyond it the KL keeps growing")
         else:
             deviations = int(self.kind != current) + self.in_clamp + self.out_clamp
             if deviations == 0:
@@ -157,7 +176,7 @@ class KLVariant(Variant):
                 "every estimator to +-10; verl low_var_kl too): beyond it the KL and its gradient are cut off"
             )
             kwargs = None
-        follow = self.form == "" and self.kind == current
+        follow = (self.form == "" and self.kind == current) or self.form == "output clamp ignored"
         return Variant(" + ".join(parts), "; ".join(text),
                        lambda cs: self.evaluate(cs, in_bound, out_bound, follow), kwargs or None,
                        deviations)  # fmt: skip
@@ -172,9 +191,10 @@ def variants() -> list[Variant]:
                 # the kind counts as a deviation only when it differs from the case's (decided at resolve time;
                 # here 1 + clamps is an upper bound, used for ranking the matches)
                 out.append(KLVariant("", "", unused, None, 1 + in_clamp + out_clamp, kind, "", in_clamp, out_clamp))
-        out.append(KLVariant("", "", unused, None, 2 if kind != "k1" else 1, kind, "flipped"))
+        if kind != "abs":  # |-Delta| = |Delta|: flipping the log-ratio of abs is abs itself
+            out.append(KLVariant("", "", unused, None, 2 if kind != "k1" else 1, kind, "flipped"))
         out.append(KLVariant("", "", unused, None, 2, kind, "negated"))
-    out.append(KLVariant("", "", unused, None, 1, "k1", "abs"))
     out.append(KLVariant("", "", unused, None, 1, "k2", "no half"))
     out.append(KLVariant("", "", unused, None, 1, "k3", "clamp ignored"))
+    out.append(KLVariant("", "", unused, None, 1, "k1", "output clamp ignored"))
     return out

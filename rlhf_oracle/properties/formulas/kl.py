@@ -20,7 +20,9 @@ from hypothesis import strategies as st
 from rlhf_oracle import reference as R
 
 from .. import tolerances as tol
+from ..axes import aggregation as agg
 from ..axes import kl
+from ..axes.composed import aggregate_like_variants
 from ..cases import (
     Accepted,
     Case,
@@ -29,16 +31,18 @@ from ..cases import (
     Params,
     extreme_logits,
     far_log_ratios,
+    fill_padding,
     float_arrays,
     log_ratios,
     logits,
+    masks,
     shape_bt,
 )
-from ..gradients import Grad
+from ..gradients import Grad, GradientVariant, kink_rtol
 from ..registry import Conditioning, FormulaSpec, register
 from ..variants import Variant, negated
 
-__all__ = ["KL_ESTIMATE", "KL_EXACT"]
+__all__ = ["KL_ESTIMATE", "KL_EXACT", "KL_LOSS"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -50,6 +54,7 @@ def _estimate_cases(draw: Draw, fixed: Fixed, accepted: Accepted) -> Case:
     shape = draw(st.sampled_from([(draw(st.integers(1, 16)),), shape_bt(draw)]))
     p = Params("kl_estimate", draw, fixed, accepted)
     p("kind", st.sampled_from(kl.KINDS))
+    p("output_clamp", st.sampled_from([None, 10.0, 0.5]))
     logp_ref = draw(float_arrays(shape, -20.0, 0.0))
     # |Delta| <= 2 keeps every estimator within +-10 (k3 <= e^2 - 3): far log-ratios and estimator values beyond
     # +-10, where frameworks clamp, are the stability property's inputs
@@ -90,22 +95,33 @@ def _tol_exact(c: Case) -> Conditioning:
     return tol.sum_cond(z.shape[-1]), 1.0 + np.max(np.abs(z), -1) + np.max(np.abs(zr), -1)
 
 
-def _estimate_gradient(c: Case, w: np.ndarray) -> dict[str, Grad]:
-    delta = np.asarray(c.args[0], dtype=np.float64) - np.asarray(c.args[1], dtype=np.float64)
-    kind = c.arg("kind")
+def estimator_slope(c: Case, delta: np.ndarray, kind: str) -> Grad:
+    """d estimate / d logp of ``kind`` on the case's clamps (its ``log_ratio_clamp`` and ``output_clamp``): 0
+    where a clamp is active, both one-sided values on a bound (and at Delta = 0 for abs)."""
     clamp = c.arg("log_ratio_clamp")
     d = np.clip(delta, -clamp, clamp) if clamp is not None else delta
-    with np.errstate(over="ignore"):
-        slope = {"k1": np.ones_like(d), "k2": d, "k3": -np.expm1(-d)}[kind]
+    slope = kl.slope(kind, d)
     alt = np.full(d.shape, np.nan)
+    if kind == "abs":  # a kink at Delta = 0: within rounding of the inputs, either side
+        at_zero = np.abs(d) <= kink_rtol() * np.maximum(1.0, np.abs(delta + np.asarray(c.named()["logp_ref"])))
+        slope, alt = np.where(at_zero, 1.0, slope), np.where(at_zero, -1.0, alt)
     if clamp is not None:
-        outside = np.abs(delta) > clamp
-        on_bound = np.abs(delta) == clamp
-        alt = np.where(on_bound, 0.0, np.nan)
-        slope = np.where(outside, 0.0, slope)
+        slope = np.where(np.abs(delta) > clamp, 0.0, slope)
+        alt = np.where(np.abs(delta) == clamp, 0.0, alt)
+    out = c.arg("output_clamp", absent=None)
+    if out is not None:
+        k = np.abs(kl.estimator(kind, d))
+        alt = np.where(k == out, 0.0, alt)
+        slope = np.where(k > out, 0.0, slope)
     with np.errstate(over="ignore"):
         terms = 1.0 + np.abs(d) + np.exp(np.minimum(-d, 700.0))  # 1 - e^-d cancels near d = 0
-    return {"logp": Grad(w * slope, w * alt, np.abs(w) * terms)}
+    return Grad(slope, alt, terms)
+
+
+def _estimate_gradient(c: Case, w: np.ndarray) -> dict[str, Grad]:
+    delta = np.asarray(c.args[0], dtype=np.float64) - np.asarray(c.args[1], dtype=np.float64)
+    g = estimator_slope(c, delta, c.arg("kind"))
+    return {"logp": Grad(w * g.value, w * g.alternative, np.abs(w) * g.scale)}
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
@@ -165,13 +181,210 @@ KL_ESTIMATE = register(
         equation="k1/k2/k3; DeepSeekMath eq. 4",
         docs_page="kl-estimators",
         derivations=("kl_estimators_expectation", "kl_estimator_gradients"),
-        conventions=("kind", "log_ratio_clamp"),
+        conventions=("kind", "log_ratio_clamp", "output_clamp"),
         variants=tuple(kl.variants()),
         exponentiates=True,
         stability=_estimate_extreme,
         stability_note="log-ratios to +-1e4: estimator values far beyond the +-10 output clamp of OpenRLHF and "
         "verl, and beyond exp's range in float32 (88.7) and float64 (709.8)",
-        bad_hyper=(("kind", "k4"), ("log_ratio_clamp", -1.0)),
+        bad_hyper=(("kind", "k4"), ("log_ratio_clamp", -1.0), ("output_clamp", 0.0)),
+    )
+)
+
+# ----------------------------------------------------------------------------------------------------------------
+# the KL penalty as a loss term
+
+
+@st.composite
+def _loss_cases(draw: Draw, fixed: Fixed, accepted: Accepted) -> Case:
+    b, t = shape_bt(draw)
+    p = Params("kl_loss", draw, fixed, accepted)
+    p("kind", st.sampled_from(kl.KINDS))
+    p("grad", st.sampled_from(R.KL_GRADIENTS))
+    p("log_ratio_clamp", st.sampled_from([None, 20.0, 1.0]))
+    p("output_clamp", st.sampled_from([None, 10.0, 0.5]))
+    agg.draw_mode(p, t)
+    m = draw(masks(b, t, min_valid=1))
+    logp_ref = draw(float_arrays((b, t), -20.0, 0.0))
+    arrays = {"logp": logp_ref + draw(log_ratios((b, t), limit=2.0)), "logp_ref": logp_ref}
+    shift = p("logp_old", st.one_of(st.none(), log_ratios((b, t), limit=0.5)))  # drawn as logp - logp_old
+    if shift is not None:
+        arrays["logp_old"] = arrays["logp"] - shift
+    fill = fill_padding(draw, arrays, m)
+    kwargs = p.finish()
+    if "logp_old" in arrays:
+        kwargs["logp_old"] = arrays["logp_old"]
+    return Case("kl_loss", (arrays["logp"], arrays["logp_ref"], m), ("logp", "logp_ref", "mask"), kwargs, m,
+                tuple(arrays), fill)  # fmt: skip
+
+
+def _loss_extreme(c: Case, draw: Draw) -> Case:
+    return far_log_ratios(c, draw, "logp", "logp_ref", very_far=True)
+
+
+def _ratio(c: Case) -> np.ndarray:
+    """exp(logp - logp_old) at the valid positions (1 without ``logp_old``)."""
+    logp = tol.valid(c, "logp")
+    if c.arg("logp_old") is None:
+        return np.ones_like(logp)
+    with np.errstate(over="ignore"):
+        return np.asarray(np.exp(logp - tol.valid(c, "logp_old")))
+
+
+def _term(
+    c: Case, *, kind: str | None = None, flip: bool = False, ratio: bool = True, out: object = "case",
+    inp: object = "case",
+) -> np.ndarray:  # fmt: skip
+    """The per-token loss term rho k(Delta) at the valid positions (0 elsewhere), with the case's conventions or
+    the ones given (``out``/``inp``: the output / log-ratio clamp, ``None`` for none)."""
+    assert c.mask is not None
+    d = tol.valid(c, "logp") - tol.valid(c, "logp_ref")
+    d = -d if flip else d
+    in_bound = c.arg("log_ratio_clamp") if inp == "case" else inp
+    if in_bound is not None:
+        d = np.clip(d, -float(in_bound), float(in_bound))  # type: ignore[arg-type]
+    k = kl.estimator(kind or c.arg("kind"), d)
+    out_bound = c.arg("output_clamp") if out == "case" else out
+    if out_bound is not None:
+        k = np.clip(k, -float(out_bound), float(out_bound))  # type: ignore[arg-type]
+    with np.errstate(all="ignore"):
+        return np.asarray(np.where(c.mask, k * (_ratio(c) if ratio else 1.0), 0.0))
+
+
+def _agg_weights(c: Case) -> np.ndarray:
+    assert c.mask is not None
+    return np.where(c.mask, agg.weights(c.mask, *agg.settings(c)), 0.0)
+
+
+def _loss_tolerance(c: Case) -> Conditioning:
+    assert c.mask is not None
+    logp = tol.valid(c, "logp")
+    size = kl.scale(c, logp, tol.valid(c, "logp_ref"))
+    if c.arg("logp_old") is not None:
+        d_old = logp - tol.valid(c, "logp_old")
+        size = (size + np.abs(_term(c, ratio=False)) * (1.0 + np.abs(d_old))) * _ratio(c) * tol.exp_cond(d_old)
+    return tol.sum_cond(c.mask.size), agg.abs_scale(c, size)
+
+
+def _loss_slope(c: Case, *, grad: str | None = None, ratio_grad: bool = True) -> Grad:
+    """d term / d logp per token: the estimator's (or k2's: Delta) slope, plus k where the ratio is
+    differentiated, times the ratio; not yet weighted by the aggregation."""
+    delta = tol.valid(c, "logp") - tol.valid(c, "logp_ref")
+    if (grad or c.arg("grad")) == "k2":
+        g = Grad(delta, np.full(delta.shape, np.nan), 1.0 + np.abs(delta))
+    else:
+        g = estimator_slope(c, delta, c.arg("kind"))
+    if c.arg("logp_old") is None:
+        return g
+    r = _ratio(c)
+    k = _term(c, ratio=False) if ratio_grad else 0.0
+    scale = None if g.scale is None else (g.scale + np.abs(k)) * r
+    return Grad((g.value + k) * r, (g.alternative + k) * r, scale)
+
+
+def _loss_gradient(c: Case, w: np.ndarray) -> dict[str, Grad]:
+    g = _loss_slope(c)
+    aw = _agg_weights(c) * w
+    with np.errstate(invalid="ignore"):
+        return {"logp": Grad(aw * g.value, aw * g.alternative, None if g.scale is None else np.abs(aw) * g.scale)}
+
+
+def _loss_gradient_of(c: Case) -> Case:
+    """The value the gradient differentiates: the case itself for the estimator's own gradient; for the
+    straight-through k2 gradient, ``pg_loss`` with the per-token slope frozen as its weights (A = -1)."""
+    if c.arg("grad") != "k2":
+        return c
+    assert c.mask is not None
+    weights = np.where(c.mask, _loss_slope(c).value, 0.0)
+    kwargs = {"agg": c.arg("agg"), "weights": weights}
+    if "max_tokens" in c.kwargs:
+        kwargs["max_tokens"] = c.kwargs["max_tokens"]
+    logp = tol.valid(c, "logp")
+    return Case("pg_loss", (logp, -np.ones_like(logp), c.mask), ("logp", "advantages", "mask"), kwargs, c.mask, (),
+                c.fill)  # fmt: skip
+
+
+def _loss_variants() -> list[Variant]:
+    def loss(**options: object):  # type: ignore[no-untyped-def]
+        def compute(c: Case) -> float:
+            assert c.mask is not None
+            return agg.value(_term(c, **options), c.mask, *agg.settings(c))  # type: ignore[arg-type]
+
+        return compute
+
+    def unless(name: str, value: object, compute):  # type: ignore[no-untyped-def]
+        def checked(c: Case) -> float:
+            current = c.arg(name)
+            if current is value if value is None or current is None else current == value:
+                raise NotImplementedError  # the variant is the reference on this case
+            return float(compute(c))
+
+        return checked
+
+    out: list[Variant] = []
+    for kind in kl.KINDS:
+        out.append(Variant(f"kind={kind!r}", f"the {kind} estimator", unless("kind", kind, loss(kind=kind)),
+                           {"kind": kind}))  # fmt: skip
+    out += [
+        Variant("log-ratio flipped", "the estimator of logp_ref - logp (KL sign flipped)", loss(flip=True)),
+        Variant("ratio missing", "logp_old ignored: the estimate not multiplied by pi/pi_old (TRL's "
+                "use_bias_correction_kl=False)", unless("logp_old", None, loss(ratio=False)), {"logp_old": None}),
+        Variant("output clamp at 10", "the estimate clamped to [-10, 10] (OpenRLHF compute_approx_kl, verl "
+                "low_var_kl)", unless("output_clamp", 10.0, loss(out=10.0)), {"output_clamp": 10.0}),
+        Variant("output_clamp ignored", "the estimate not clamped to [-output_clamp, output_clamp]",
+                unless("output_clamp", None, loss(out=None)), {"output_clamp": None}),
+        Variant("log-ratio clamp at 20", "the log-ratio clamped to [-20, 20] before the estimator (verl, "
+                "OpenRLHF)", unless("log_ratio_clamp", 20.0, loss(inp=20.0)), {"log_ratio_clamp": 20.0}),
+        Variant("log_ratio_clamp ignored", "the log-ratio not clamped before the estimator",
+                unless("log_ratio_clamp", None, loss(inp=None)), {"log_ratio_clamp": None}),
+        *aggregate_like_variants("agg", _term),
+    ]  # fmt: skip
+    return out
+
+
+def _gradient_variants() -> list[GradientVariant]:
+    def other_grad(c: Case, w: np.ndarray) -> dict[str, np.ndarray]:
+        g = _loss_slope(c, grad="estimator" if c.arg("grad") == "k2" else "k2")
+        return {"logp": _agg_weights(c) * w * g.value}
+
+    def detached(c: Case, w: np.ndarray) -> dict[str, np.ndarray]:
+        if c.arg("logp_old") is None:
+            raise NotImplementedError
+        return {"logp": _agg_weights(c) * w * _loss_slope(c, ratio_grad=False).value}
+
+    return [
+        GradientVariant("the other gradient", "grad='k2' where the estimator's own gradient is meant (verl's '+' "
+                        "kinds, straight-through) or the reverse", other_grad),
+        GradientVariant("the ratio detached", "pi/pi_old multiplied in as sg(ratio): the KL term's gradient loses "
+                        "k grad log pi (TRL's use_bias_correction_kl differentiates the ratio)", detached),
+    ]  # fmt: skip
+
+
+KL_LOSS = register(
+    FormulaSpec(
+        id="kl_loss",
+        reference=R.kl_loss,
+        torch_name="kl_loss",
+        strategy=_loss_cases,
+        tolerance=_loss_tolerance,
+        tolerance_note="the estimator's terms (as kl_estimate), plus |k| (1 + |log r|) amplified by exp when the "
+        "ratio to logp_old multiplies them, aggregated like the loss.",
+        differentiable=("logp",),
+        gradient=_loss_gradient,
+        gradient_of=_loss_gradient_of,
+        paper="DeepSeekMath (Shao et al. 2024) eq. 3-4; Schulman 2020; DeepSeek-V3.2 (2025)",
+        equation="DeepSeekMath eq. 4 (k3 in the loss)",
+        docs_page="kl-estimators",
+        derivations=("kl_estimator_gradients", "kl_loss_ratio_corrected"),
+        conventions=("kind", "grad", "log_ratio_clamp", "output_clamp", "agg", "max_tokens"),
+        variants=tuple(_loss_variants()),
+        gradient_variants=tuple(_gradient_variants()),
+        exponentiates=True,
+        stability=_loss_extreme,
+        stability_note="log-ratios to the reference up to +-1e4: estimator values far beyond the +-10 output clamp "
+        "of OpenRLHF and verl, and beyond exp's range",
+        bad_hyper=(("kind", "k4"), ("grad", "k3"), ("output_clamp", 0.0), ("agg", "sum")),
+        bad_input=agg.empty_row,
     )
 )
 

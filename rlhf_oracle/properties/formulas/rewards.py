@@ -187,8 +187,10 @@ def _shaped_variants() -> list[Variant]:
     for kind in kl.KINDS:
         out.append(Variant(f"kind={kind!r}", f"the {kind} estimator in the reward",
                            functools.partial(_shaped, kind=kind), {"kind": kind}))  # fmt: skip
-        out.append(Variant(f"kind={kind!r} with the log-ratio flipped", f"{kind} of logp_ref - logp (KL sign flipped)",
-                           functools.partial(_shaped, kind=kind, flip=True)))  # fmt: skip
+        if kind != "abs":  # |-Delta| = |Delta|
+            out.append(Variant(f"kind={kind!r} with the log-ratio flipped",
+                               f"{kind} of logp_ref - logp (KL sign flipped)",
+                               functools.partial(_shaped, kind=kind, flip=True)))  # fmt: skip
     out.append(Variant("penalty added", "+beta kl instead of -beta kl", lambda c: _shaped(c, sign=1.0)))
     out.append(
         Variant(
@@ -287,7 +289,7 @@ KL_SHAPED_REWARDS = register(
         exponentiates=True,
         stability=_shaped_extreme,
         stability_note="log-ratios to +-50: estimator values beyond +-10",
-        bad_hyper=(("beta", -0.1), ("kind", "abs"), ("score_position", "eos")),
+        bad_hyper=(("beta", -0.1), ("kind", "k4"), ("score_position", "eos")),
         masked_output_note="the per-token KL penalty is written at masked positions too (not multiplied by the mask)",
     )
 )
