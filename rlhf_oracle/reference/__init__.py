@@ -8,6 +8,8 @@ See ``docs/api-contract.md`` for the exact conventions and :mod:`rlhf_oracle.der
 statements that pin the formulas down.
 """
 
+from .actor import ACTOR_LOSSES as ACTOR_LOSSES
+from .actor import actor_loss as actor_loss
 from .advantages import GAEResult as GAEResult
 from .advantages import gae as gae
 from .advantages import grpo_advantages as grpo_advantages
@@ -45,6 +47,7 @@ from .rollout import rollout_is_weights as rollout_is_weights
 from .value import value_loss as value_loss
 
 __all__ = [
+    "ACTOR_LOSSES",
     "AGGREGATION_MODES",
     "IS_LEVELS",
     "IS_MODES",
@@ -55,6 +58,7 @@ __all__ = [
     "SEQ_RATIOS",
     "AdaptiveKLController",
     "GAEResult",
+    "actor_loss",
     "adaptive_kl_update",
     "aggregate",
     "cispo_loss",

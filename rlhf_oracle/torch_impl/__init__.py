@@ -13,6 +13,8 @@ automatically while ``torch.compile`` traces. Shape, dtype and hyper-parameter c
 from ._validation import set_value_checks as set_value_checks
 from ._validation import value_checks as value_checks
 from ._validation import value_checks_enabled as value_checks_enabled
+from .actor import ACTOR_LOSSES as ACTOR_LOSSES
+from .actor import actor_loss as actor_loss
 from .advantages import GAEResult as GAEResult
 from .advantages import gae as gae
 from .advantages import grpo_advantages as grpo_advantages
@@ -56,6 +58,7 @@ from .rollout import rollout_is_weights as rollout_is_weights
 from .value import value_loss as value_loss
 
 __all__ = [
+    "ACTOR_LOSSES",
     "AGGREGATION_MODES",
     "IS_LEVELS",
     "IS_MODES",
@@ -67,6 +70,7 @@ __all__ = [
     "AdaptiveKLController",
     "GAEResult",
     "Normaliser",
+    "actor_loss",
     "adaptive_kl_update",
     "aggregate",
     "cispo_loss",

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from rlhf_oracle import torch_impl as ti
 from rlhf_oracle.properties import adapters
 
 Tensor = torch.Tensor
@@ -389,6 +390,33 @@ def _kl_loss(
     return kl_loss
 
 
+def _actor_loss(
+    *, entropy_sign: float = -1.0, kl_with_policy_agg: bool = False, drop_kl: bool = False
+) -> Callable[..., Tensor]:
+    """A verl-style actor loss on the twin's terms (policy + kl_coef KL - entropy_coef H), with one bug on."""
+
+    def actor_loss(
+        logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, *, loss: str = "ppo",
+        logp_ref: Tensor | None = None, kl_coef: float = 0.0, kl_kind: str = "k3", entropy: Tensor | None = None,
+        entropy_coef: float = 0.0, agg: str = "seq-mean-token-mean", kl_agg: str | None = None,
+        entropy_agg: str | None = None, max_tokens: int | None = None, **loss_options: Any,
+    ) -> Tensor:  # fmt: skip
+        policy = {"ppo": ti.policy_loss, "cispo": ti.cispo_loss, "gspo": ti.gspo_loss, "sapo": ti.sapo_loss}
+        if loss == "pg":
+            total = ti.pg_loss(logp, advantages, mask, agg=agg, max_tokens=max_tokens, **loss_options)
+        else:
+            total = policy[loss](logp, logp_old, advantages, mask, agg=agg, max_tokens=max_tokens, **loss_options)
+        if kl_coef > 0 and logp_ref is not None and not drop_kl:
+            mode = agg if kl_with_policy_agg else (kl_agg or agg)
+            total = total + kl_coef * ti.kl_loss(logp, logp_ref, mask, kl_kind, mode, max_tokens=max_tokens)
+        if entropy_coef > 0 and entropy is not None:
+            bonus = ti.aggregate(entropy, mask, entropy_agg or agg, max_tokens=max_tokens)
+            total = total + entropy_sign * entropy_coef * bonus
+        return total
+
+    return actor_loss
+
+
 def _pg_loss(
     *, detach_weights: bool = True, ratio_without_sg: bool = False, ignore_weights: bool = False,
     reduce: Callable[[Tensor, Tensor], Tensor] | None = None,
@@ -602,6 +630,14 @@ MUTANTS: list[Mutant] = [
     Mutant("KL loss with the log-ratio flipped", "kl_loss", _kl_loss(flip=True),
            "k3 of logp_ref - logp (the KL of the wrong direction)", "log-ratio flipped",
            {"kind": "k3", "agg": "token-mean", "grad": "estimator"}),
+    # actor_loss (policy + KL - entropy)
+    Mutant("entropy bonus added with the wrong sign", "actor_loss", _actor_loss(entropy_sign=1.0),
+           "loss + c_H H: entropy penalised", "entropy added", {"loss": "ppo", "entropy_coef": 0.5}),
+    Mutant("KL term aggregated like the policy", "actor_loss", _actor_loss(kl_with_policy_agg=True),
+           "kl_agg ignored (OpenRLHF-style aggregate_loss for both)", "kl_agg='seq-mean-token-sum'",
+           {"loss": "ppo", "kl_coef": 1.0, "agg": "seq-mean-token-sum", "kl_agg": "token-mean"}),
+    Mutant("KL term dropped", "actor_loss", _actor_loss(drop_kl=True),
+           "logp_ref passed but the KL never added", "KL term missing", {"loss": "cispo", "kl_coef": 1.0}),
     # pg_loss (REINFORCE / GPG)
     Mutant("importance weights not detached", "pg_loss", _pg_loss(detach_weights=False), "sg(w) missing",
            "gradient flows into 'weights'", {"agg": "seq-mean-token-mean"}, "gradients"),

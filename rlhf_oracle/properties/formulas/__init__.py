@@ -21,8 +21,10 @@ from . import value as value
 from . import kl_control as kl_control
 from . import preference as preference
 from . import rollout as rollout
+from . import actor as actor
 
 __all__ = [
+    "actor",
     "advantages",
     "grpo_losses",
     "kl",
