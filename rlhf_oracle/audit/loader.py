@@ -15,6 +15,7 @@ import enum
 import math
 import typing
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["base_namespace", "load"]
+__all__ = ["base_namespace", "load", "load_method"]
 
 
 def base_namespace() -> dict[str, Any]:
@@ -52,21 +53,22 @@ def _defined(node: ast.stmt) -> list[str]:
     return []
 
 
-def load(path: Path, names: list[str], overrides: dict[str, Any] | None = None) -> SimpleNamespace:
-    """The functions/classes ``names`` of the source file ``path``, with what they need from the same file."""
-    tree = ast.parse(Path(path).read_text(encoding="utf-8"), filename=str(path))
+def _top_level(tree: ast.Module) -> dict[str, ast.stmt]:
     top: dict[str, ast.stmt] = {}
     for node in tree.body:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             node.decorator_list = []  # (dropped before the dependency walk: registries pull in whole modules)
         for name in _defined(node):
             top[name] = node
-    missing = [n for n in names if n not in top]
-    if missing:
-        raise LookupError(f"{path}: no top-level definition of {missing}")
+    return top
+
+
+def _run(path: Path, tree: ast.Module, top: dict[str, ast.stmt], roots: list[ast.stmt], names: list[str],
+         overrides: dict[str, Any] | None) -> dict[str, Any]:  # fmt: skip
+    """Compile ``roots`` with the top-level definitions they reference (transitively), in source order."""
     overrides = overrides or {}
-    wanted: set[int] = set()
-    stack = list(names)
+    wanted: set[int] = {id(r) for r in roots}
+    stack = [sub.id for r in roots for sub in ast.walk(r) if isinstance(sub, ast.Name)]
     seen: set[str] = set()
     while stack:
         name = stack.pop()
@@ -76,12 +78,65 @@ def load(path: Path, names: list[str], overrides: dict[str, Any] | None = None) 
         node = top[name]
         wanted.add(id(node))
         stack += [sub.id for sub in ast.walk(node) if isinstance(sub, ast.Name)]
-    body = []
-    for node in tree.body:
-        if id(node) in wanted:
-            body.append(node)
+    body = [node for node in tree.body if id(node) in wanted]
+    body += [r for r in roots if r not in tree.body]
     module = ast.Module(body=body, type_ignores=[])
     code = compile(module, str(path), "exec", flags=__future__.annotations.compiler_flag, dont_inherit=True)
     namespace = {**base_namespace(), "__name__": f"rlhf_oracle_audit.{Path(path).stem}", **overrides}
     exec(code, namespace)
-    return SimpleNamespace(**{n: namespace[n] for n in names})
+    return {n: namespace[n] for n in names}
+
+
+def load(path: Path, names: list[str], overrides: dict[str, Any] | None = None) -> SimpleNamespace:
+    """The functions/classes ``names`` of the source file ``path``, with what they need from the same file."""
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"), filename=str(path))
+    top = _top_level(tree)
+    missing = [n for n in names if n not in top]
+    if missing:
+        raise LookupError(f"{path}: no top-level definition of {missing}")
+    return SimpleNamespace(**_run(path, tree, top, [top[n] for n in names], names, overrides))
+
+
+def load_method(
+    path: Path,
+    cls: str,
+    method: str,
+    overrides: dict[str, Any] | None = None,
+    *,
+    block: tuple[str, tuple[str, ...], str] | None = None,
+) -> Callable[..., Any]:
+    """The method ``cls.method`` of the source file ``path`` as a plain function of ``(self, ...)``, with the
+    top-level helpers it needs; the class itself (its base classes, its other methods) is not loaded.
+
+    ``block = (condition, parameters, result)``: instead of the whole method, the body of the ``if`` in it
+    whose condition reads ``condition`` (as ``ast.unparse`` prints it) and that assigns ``result`` (exactly one
+    such block must exist), as a function of ``(self, *parameters)``
+    returning the local ``result``: the statements a trainer runs inline, run verbatim.
+    """
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"), filename=str(path))
+    top = _top_level(tree)
+    klass = top.get(cls)
+    if not isinstance(klass, ast.ClassDef):
+        raise LookupError(f"{path}: no top-level class {cls}")
+    found = [n for n in klass.body if isinstance(n, ast.FunctionDef) and n.name == method]
+    if not found:
+        raise LookupError(f"{path}: {cls} has no method {method}")
+    fn = found[0]
+    fn.decorator_list = []
+    if block is not None:
+        condition, params, result = block
+        ifs = [
+            n for n in ast.walk(fn)
+            if isinstance(n, ast.If) and ast.unparse(n.test) == condition
+            and any(isinstance(t, ast.Name) and t.id == result for a in ast.walk(n) if isinstance(a, ast.Assign)
+                    for t in a.targets)
+        ]  # fmt: skip
+        if len(ifs) != 1:
+            raise LookupError(f"{path}: {cls}.{method} has {len(ifs)} `if {condition}:` blocks assigning {result}")
+        args = ast.arguments(posonlyargs=[], args=[ast.arg(a) for a in ("self", *params)], kwonlyargs=[],
+                             kw_defaults=[], defaults=[])  # fmt: skip
+        ret = ast.Return(value=ast.Name(id=result, ctx=ast.Load()))
+        fn = ast.FunctionDef(name=method, args=args, body=[*ifs[0].body, ret], decorator_list=[], returns=None)
+        ast.fix_missing_locations(fn)
+        ast.copy_location(fn, ifs[0])
+    return _run(path, tree, top, [fn], [method], overrides)[method]  # type: ignore[no-any-return]

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+POLICY_LOSSES = ("ppo", "pg", "cispo", "gspo", "sapo")
+"""The demo's --policy-loss choices (rlhf_oracle.reference.ACTOR_LOSSES)."""
+
 
 @dataclass
 class DemoConfig:
@@ -135,6 +138,16 @@ class DemoConfig:
     """Aggregation of the value loss over tokens."""
     ent_coef: float = 0.0
     """Entropy bonus coefficient: the loss subtracts ent_coef * aggregated entropy."""
+    policy_loss: str = "ppo"
+    """The policy loss of the actor: 'ppo' (PPO-Clip, policy_loss), 'pg' (REINFORCE/GPG, pg_loss), 'cispo',
+    'gspo' or 'sapo' (their papers' defaults; cispo's cap 5, gspo's clip 3e-4/4e-4, sapo's tau 1.0/1.05)."""
+    kl_loss_coef: float = 0.0
+    """GRPO's beta: weight of the KL loss term kl_loss(logp, logp_ref, kind=kl_kind) added to the actor loss (on top
+    of, and independent of, the KL penalty in the reward); 0 = no KL loss term."""
+    rollout_correction: str | None = None
+    """'tis': sample the responses with a bf16 copy of the policy (the inference engine's precision: a real mismatch
+    with the float32 trainer) and weight each token by min(pi_old / mu, 2) (rollout_is_weights, token TIS), passed
+    to the 'ppo' or 'pg' loss as weights; None = the trainer's policy samples."""
     ptx_coef: float = 0.2
     """InstructGPT's gamma: weight of ptx_loss (SFT-corpus log-likelihood) added to the policy loss."""
     ptx_batch_size: int = 32
@@ -209,7 +222,7 @@ class DemoConfig:
             ("betas", all(_finite(b) and b >= 0 for b in self.betas), "all >= 0"),
             ("target_kl", self.target_kl is None or _positive(self.target_kl), "> 0 or None"),
             ("kl_horizon", _positive(self.kl_horizon), "> 0"),
-            ("kl_kind", self.kl_kind in ("k1", "k2", "k3"), "one of 'k1', 'k2', 'k3'"),
+            ("kl_kind", self.kl_kind in ("k1", "k2", "k3", "abs"), "one of 'k1', 'k2', 'k3', 'abs'"),
             ("gamma", 0.0 <= self.gamma <= 1.0, "in [0, 1]"),
             ("lam", 0.0 <= self.lam <= 1.0, "in [0, 1]"),
             ("clip_eps", 0.0 < self.clip_eps < 1.0, "in (0, 1)"),
@@ -220,6 +233,11 @@ class DemoConfig:
             ("value_clip_eps", self.value_clip_eps is None or _positive(self.value_clip_eps), "> 0 or None"),
             ("value_agg", self.value_agg in aggs, f"one of {aggs}"),
             ("ent_coef", _finite(self.ent_coef) and self.ent_coef >= 0, ">= 0"),
+            ("policy_loss", self.policy_loss in POLICY_LOSSES, f"one of {POLICY_LOSSES}"),
+            ("kl_loss_coef", _finite(self.kl_loss_coef) and self.kl_loss_coef >= 0, ">= 0"),
+            ("rollout_correction", self.rollout_correction in (None, "tis"), "'tis' or None"),
+            ("rollout_correction", self.rollout_correction is None or self.policy_loss in ("ppo", "pg"),
+             "None unless policy_loss is 'ppo' or 'pg' (the losses that take per-token weights)"),
             ("ptx_coef", _finite(self.ptx_coef) and self.ptx_coef >= 0, ">= 0"),
             ("ptx_batch_size", self.ptx_batch_size >= 1, pos),
             ("no_eos_score", self.no_eos_score is None or _finite(self.no_eos_score), "finite or None"),

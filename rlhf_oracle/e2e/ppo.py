@@ -98,6 +98,7 @@ class Rollout:
     advantages: torch.Tensor
     returns: torch.Tensor
     whitened: torch.Tensor
+    is_weights: torch.Tensor | None = None  # rollout-correction weights (cfg.rollout_correction), else None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -117,10 +118,19 @@ def rollout(
     device: torch.device,
 ) -> Rollout:
     prompt_ids = encode_prompts(tok, prompts, device)
+    behaviour_logp = None
     with eval_mode(state.policy, state.critic), autocast(cfg, device):
-        batch = sample_responses(
-            state.policy, tok, prompt_ids, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature
-        )
+        if cfg.rollout_correction is None:
+            batch = sample_responses(
+                state.policy, tok, prompt_ids, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature
+            )
+        else:  # the "inference engine": a bf16 copy of the policy samples, and its own log-probs are mu
+            engine = copy.deepcopy(state.policy).bfloat16()  # (in eval mode: copied inside eval_mode)
+            batch = sample_responses(
+                engine, tok, prompt_ids, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature
+            )
+            behaviour_logp = F.token_logprobs(response_logits(engine, batch), batch.responses,
+                                              temperature=cfg.temperature).float()  # fmt: skip
         logits = response_logits(state.policy, batch)
         ref_logits = response_logits(ref, batch)
         values = response_values(state.critic, batch)
@@ -142,6 +152,9 @@ def rollout(
         whitened = F.whiten(advantages, mask, shift_mean=True, unbiased=cfg.whiten_unbiased)
     else:
         whitened = advantages
+    is_weights = None
+    if behaviour_logp is not None:  # token TIS (Yao et al. 2025): min(pi_old / mu, 2), 0 at padding
+        is_weights = F.rollout_is_weights(logp, behaviour_logp, mask, "token", "truncate", 2.0)
     return Rollout(
         batch,
         prompts,
@@ -157,6 +170,7 @@ def rollout(
         advantages,
         returns,
         whitened,
+        is_weights,
     )
 
 
@@ -240,18 +254,11 @@ def _run_step(
             ptx_batch = corpus.batch.select(ptx_idx) if ptx_idx is not None else None
             logits, ptx_logits = _policy_logits(cfg, state, mb, ptx_batch, device)
             logp = F.token_logprobs(logits, mb.responses, temperature=cfg.temperature)
-            pg_loss = F.policy_loss(
-                logp,
-                ro.logp[idx],
-                ro.whitened[idx],
-                mb_mask,
-                clip_eps=cfg.clip_eps,
-                clip_eps_high=cfg.clip_eps_high,
-                dual_clip=cfg.dual_clip,
-                agg=cfg.loss_agg,
-            )
+            pg_loss = _policy_term(cfg, ro, idx, logp, mb_mask)
             entropy = F.aggregate(F.entropy_from_logits(logits, temperature=cfg.temperature), mb_mask, cfg.loss_agg)
             loss = pg_loss - cfg.ent_coef * entropy
+            if cfg.kl_loss_coef > 0:  # GRPO's KL loss term, beside the KL penalty in the reward
+                loss = loss + cfg.kl_loss_coef * F.kl_loss(logp, ro.logp_ref[idx], mb_mask, cfg.kl_kind, cfg.loss_agg)
             if ptx_batch is not None:
                 # ptx: likelihood of the corpus itself (temperature 1: it is data, not a sample of the policy)
                 ptx_logp = F.token_logprobs(ptx_logits, ptx_batch.responses)
@@ -343,6 +350,26 @@ def _optimizer_step(cfg: DemoConfig, loss: torch.Tensor, model: torch.nn.Module,
     parallel.sum_gradients(model.parameters())
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
     opt.step()
+
+
+def _policy_term(
+    cfg: DemoConfig, ro: Rollout, idx: torch.Tensor, logp: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """The policy loss ``cfg.policy_loss`` of a minibatch (PPO-Clip by default), with the rollout-correction
+    weights when there are some."""
+    old, adv = ro.logp[idx], ro.whitened[idx]
+    weights = None if ro.is_weights is None else ro.is_weights[idx]
+    out: torch.Tensor
+    if cfg.policy_loss == "ppo":
+        extra = {} if weights is None else {"weights": weights}  # the default run's call is unchanged
+        out = F.policy_loss(logp, old, adv, mask, clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high,
+                            dual_clip=cfg.dual_clip, agg=cfg.loss_agg, **extra)  # fmt: skip
+    elif cfg.policy_loss == "pg":  # REINFORCE: the gradient of -A log pi at the rollout's policy
+        out = F.pg_loss(logp, adv, mask, weights, agg=cfg.loss_agg)
+    else:
+        losses = {"cispo": F.cispo_loss, "gspo": F.gspo_loss, "sapo": F.sapo_loss}
+        out = losses[cfg.policy_loss](logp, old, adv, mask, agg=cfg.loss_agg)
+    return out
 
 
 @torch.no_grad()

@@ -115,7 +115,21 @@ def _values(ctx: Context, failure: Failure) -> list[str]:
         if matches_ref:
             return notes
         dtype = low_dtype
+    if _float32_hyper_parameters(ctx, failure, dtype):
+        notes.append(
+            "matches the reference with its hyper-parameters rounded to float32: a constant becomes a float32 tensor "
+            "whatever the input dtype (e.g. torch.where(cond, 1.0, 1.05) or torch.tensor(eps) without dtype=); "
+            "create it in the inputs' dtype"
+        )
+        return notes
     matched = _variant_matches(ctx, failure, dtype)
+    if not any(line.startswith("matches ") and not line.startswith("matches no") for line in matched):
+        if _float32_inside(ctx, failure, dtype):
+            notes.append(
+                "float32-only computation: the output is float64 but matches the reference only at float32 "
+                "precision (an upcast/downcast inside, e.g. `.float()` on the inputs)"
+            )
+            return notes
     if failure.kind == "nonfinite" and not any(
         line.startswith("matches ") and not line.startswith("matches no") for line in matched
     ):
@@ -150,6 +164,41 @@ def _where_it_runs(ctx: Context, failure: Failure) -> list[str]:
     if not ran:
         return ["it raised on every input tried: no value to compare with the reference"]
     return [f"where it runs ({ran} of 24 inputs tried), it agrees with the reference"]
+
+
+def _float32_hyper_parameters(ctx: Context, failure: Failure, dtype: torch.dtype) -> bool:
+    """Whether the candidate's float64 output is the reference's with the float hyper-parameters rounded to
+    float32 (and the reference itself is not: some hyper-parameter is not a float32 number)."""
+    rc = failure.rounded
+    if dtype != torch.float64 or rc is None or failure.actual is None:
+        return False
+    rounded32 = {k: float(np.float32(v)) for k, v in rc.named().items()
+                 if isinstance(v, float) and math.isfinite(v) and float(np.float32(v)) != v}  # fmt: skip
+    if not rounded32:
+        return False
+    changed = rc.with_inputs(**rounded32)
+    try:
+        with quiet():
+            expected = reference_outputs(ctx.spec, changed)
+    except Exception:
+        return False
+    ratio, _, _, problem = compare(ctx.spec, changed, expected, failure.actual, dtype)
+    return problem is None and ratio <= 1.0
+
+
+def _float32_inside(ctx: Context, failure: Failure, dtype: torch.dtype) -> bool:
+    """Whether a float64 output agrees with the reference on the float32-rounded inputs within float32's
+    tolerance (the candidate computed in float32 and cast the result back)."""
+    if dtype != torch.float64 or failure.actual is None:
+        return False
+    try:
+        rl = rounded(failure.case, torch.float32)
+        with quiet():
+            expected = reference_outputs(ctx.spec, rl)
+    except Exception:
+        return False
+    ratio, _, _, problem = compare(ctx.spec, rl, expected, failure.actual, torch.float32)
+    return problem is None and ratio <= 1.0
 
 
 def _low_precision(ctx: Context, failure: Failure, dtype: torch.dtype) -> tuple[torch.dtype, bool] | None:
@@ -424,6 +473,8 @@ def grad_diagnosis(
             continue
         if g is not None and float(tol.error_ratio(actual, g, allowed).max(initial=0.0)) <= 1.0:
             out.append(f"the gradient matches {reading.name}: {reading.description}")
+    if out:
+        return out  # a known reading explains it: the generic guesses below would only add noise
     if not np.any(actual) and np.any(expected):
         out.append("the gradient is zero everywhere: the output does not depend on the input through autograd")
     if case.mask is not None and name in case.per_token:

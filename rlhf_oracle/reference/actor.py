@@ -21,7 +21,7 @@ _POLICY_LOSSES: dict[str, Callable[..., float]] = {
     "sapo": sapo_loss,
 }
 _OWN = ("agg", "max_tokens")  # set by actor_loss itself, not through loss_options
-KL_OPTIONS = ("grad", "logp_old", "log_ratio_clamp", "output_clamp")
+KL_OPTIONS = ("grad", "log_ratio_clamp", "output_clamp")
 """What ``kl_options`` may hold (the kind, aggregation and ``max_tokens`` are ``actor_loss``'s own)."""
 
 
@@ -30,6 +30,14 @@ def policy_loss_options(loss: str) -> tuple[str, ...]:
     params = inspect.signature(_POLICY_LOSSES[loss]).parameters
     first_option = 3 if loss == "pg" else 4  # after the arrays (pg: logp, advantages, mask)
     return tuple(name for name in list(params)[first_option:] if name not in _OWN)
+
+
+def _kl_kwargs(kl_options: Mapping[str, Any] | None, logp_old: Any) -> dict[str, Any]:
+    """kl_loss's keyword options: ``kl_options`` plus the ratio's ``logp_old`` when ``kl_ratio``."""
+    out = dict(kl_options or {})
+    if logp_old is not None:
+        out["logp_old"] = logp_old
+    return out
 
 
 def actor_loss(
@@ -42,6 +50,7 @@ def actor_loss(
     logp_ref: Any = None,
     kl_coef: float = 0.0,
     kl_kind: str = "k3",
+    kl_ratio: bool = False,
     entropy: Any = None,
     entropy_coef: float = 0.0,
     agg: str = "seq-mean-token-mean",
@@ -80,8 +89,10 @@ def actor_loss(
           aggregation (the ``"seq-mean-token-sum-norm"`` mode).
         - ``**loss_options`` go to the policy loss (e.g. ``clip_eps`` for ``"ppo"``, ``weight_max`` for
           ``"cispo"``, ``weights`` for the IS weights); an option the chosen loss does not take is an error.
-          ``kl_options`` go to :func:`kl_loss` (``grad``, ``log_ratio_clamp``, ``output_clamp``, and
-          ``logp_old`` for TRL's ratio-corrected KL).
+          ``kl_options`` go to :func:`kl_loss` (``grad``, ``log_ratio_clamp``, ``output_clamp``).
+        - ``kl_ratio=True`` (TRL's ``use_bias_correction_kl``, its default when ``beta > 0``): the KL term is
+          ratio-corrected with the actor's ``logp_old`` (``kl_loss(..., logp_old=logp_old)``: each term times
+          the non-detached :math:`\pi_\theta/\pi_{old}`).
         - ``kl_coef = 0`` (default) / ``entropy_coef = 0``: the term is not computed and ``logp_ref`` /
           ``entropy`` are not read; a positive coefficient requires its array. ``loss="pg"`` does not read
           ``logp_old`` (REINFORCE has no old policy; it may be None).
@@ -107,15 +118,25 @@ def actor_loss(
         raise ValueError(f"{fn}: 'logp_ref' is required when kl_coef > 0, got None")
     if c_h > 0 and entropy is None:
         raise ValueError(f"{fn}: 'entropy' is required when entropy_coef > 0, got None")
-    if loss != "pg" and logp_old is None:
-        raise ValueError(f"{fn}: 'logp_old' is required for loss={loss!r}, got None")
+    ratio = v.flag(fn, "kl_ratio", kl_ratio)
+    if (loss != "pg" or (ratio and beta > 0)) and logp_old is None:
+        need = f"loss={loss!r}" if loss != "pg" else "kl_ratio=True"
+        raise ValueError(f"{fn}: 'logp_old' is required for {need}, got None")
 
     if loss == "pg":
         total = pg_loss(logp, advantages, mask, agg=agg, max_tokens=max_tokens, **loss_options)
     else:
         total = _POLICY_LOSSES[loss](logp, logp_old, advantages, mask, agg=agg, max_tokens=max_tokens, **loss_options)
     if beta > 0:
-        kl = kl_loss(logp, logp_ref, mask, kl_kind, kl_agg or agg, max_tokens=max_tokens, **dict(kl_options or {}))
+        kl = kl_loss(
+            logp,
+            logp_ref,
+            mask,
+            kl_kind,
+            kl_agg or agg,
+            max_tokens=max_tokens,
+            **_kl_kwargs(kl_options, logp_old if ratio else None),
+        )
         total += beta * kl
     if c_h > 0:
         total -= c_h * aggregate(entropy, mask, entropy_agg or agg, max_tokens=max_tokens)

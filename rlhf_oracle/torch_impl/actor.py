@@ -22,13 +22,21 @@ _POLICY_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "sapo": sapo_loss,
 }
 _OWN = ("agg", "max_tokens")
-KL_OPTIONS = ("grad", "logp_old", "log_ratio_clamp", "output_clamp")
+KL_OPTIONS = ("grad", "log_ratio_clamp", "output_clamp")
 
 
 def _options(loss: str) -> tuple[str, ...]:
     params = inspect.signature(_POLICY_LOSSES[loss]).parameters
     first_option = 3 if loss == "pg" else 4
     return tuple(name for name in list(params)[first_option:] if name not in _OWN and name != "chunk_size")
+
+
+def _kl_kwargs(kl_options: Mapping[str, Any] | None, logp_old: Any) -> dict[str, Any]:
+    """kl_loss's keyword options: ``kl_options`` plus the ratio's ``logp_old`` when ``kl_ratio``."""
+    out = dict(kl_options or {})
+    if logp_old is not None:
+        out["logp_old"] = logp_old
+    return out
 
 
 def actor_loss(
@@ -41,6 +49,7 @@ def actor_loss(
     logp_ref: torch.Tensor | None = None,
     kl_coef: float = 0.0,
     kl_kind: str = "k3",
+    kl_ratio: bool = False,
     entropy: torch.Tensor | None = None,
     entropy_coef: float = 0.0,
     agg: str = "seq-mean-token-mean",
@@ -77,8 +86,10 @@ def actor_loss(
         raise ValueError(f"{fn}: 'logp_ref' is required when kl_coef > 0, got None")
     if c_h > 0 and entropy is None:
         raise ValueError(f"{fn}: 'entropy' is required when entropy_coef > 0, got None")
-    if loss != "pg" and logp_old is None:
-        raise ValueError(f"{fn}: 'logp_old' is required for loss={loss!r}, got None")
+    ratio = v.flag(fn, "kl_ratio", kl_ratio)
+    if (loss != "pg" or (ratio and beta > 0)) and logp_old is None:
+        need = f"loss={loss!r}" if loss != "pg" else "kl_ratio=True"
+        raise ValueError(f"{fn}: 'logp_old' is required for {need}, got None")
 
     if loss == "pg":
         total = pg_loss(logp, advantages, mask, agg=agg, max_tokens=max_tokens, **loss_options)
@@ -86,7 +97,15 @@ def actor_loss(
         total = _POLICY_LOSSES[loss](logp, logp_old, advantages, mask, agg=agg, max_tokens=max_tokens, **loss_options)
     if beta > 0:
         assert logp_ref is not None
-        kl = kl_loss(logp, logp_ref, mask, kl_kind, kl_agg or agg, max_tokens=max_tokens, **dict(kl_options or {}))
+        kl = kl_loss(
+            logp,
+            logp_ref,
+            mask,
+            kl_kind,
+            kl_agg or agg,
+            max_tokens=max_tokens,
+            **_kl_kwargs(kl_options, logp_old if ratio else None),
+        )
         total = total + beta * kl.to(total.dtype)
     if c_h > 0:
         assert entropy is not None

@@ -397,7 +397,8 @@ def _actor_loss(
 
     def actor_loss(
         logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, *, loss: str = "ppo",
-        logp_ref: Tensor | None = None, kl_coef: float = 0.0, kl_kind: str = "k3", entropy: Tensor | None = None,
+        logp_ref: Tensor | None = None, kl_coef: float = 0.0, kl_kind: str = "k3", kl_ratio: bool = False,
+        entropy: Tensor | None = None,
         entropy_coef: float = 0.0, agg: str = "seq-mean-token-mean", kl_agg: str | None = None,
         entropy_agg: str | None = None, max_tokens: int | None = None, **loss_options: Any,
     ) -> Tensor:  # fmt: skip
@@ -408,7 +409,10 @@ def _actor_loss(
             total = policy[loss](logp, logp_old, advantages, mask, agg=agg, max_tokens=max_tokens, **loss_options)
         if kl_coef > 0 and logp_ref is not None and not drop_kl:
             mode = agg if kl_with_policy_agg else (kl_agg or agg)
-            total = total + kl_coef * ti.kl_loss(logp, logp_ref, mask, kl_kind, mode, max_tokens=max_tokens)
+            old = logp_old if kl_ratio else None
+            total = total + kl_coef * ti.kl_loss(
+                logp, logp_ref, mask, kl_kind, mode, max_tokens=max_tokens, logp_old=old
+            )
         if entropy_coef > 0 and entropy is not None:
             bonus = ti.aggregate(entropy, mask, entropy_agg or agg, max_tokens=max_tokens)
             total = total + entropy_sign * entropy_coef * bonus

@@ -17,10 +17,24 @@ from ..cases import Case
 from ..variants import Variant, fit_constant, fmt, unused
 from .ppo import CLAMP_GRID
 
-__all__ = ["KINDS", "KLVariant", "clamped", "delta", "estimator", "out_clamped", "scale", "slope", "variants"]
+__all__ = [
+    "DRAW_ORDER",
+    "KINDS",
+    "KLVariant",
+    "clamped",
+    "delta",
+    "estimator",
+    "out_clamped",
+    "scale",
+    "slope",
+    "variants",
+]
 
 KINDS: tuple[str, ...] = R.KL_ESTIMATORS
 """The estimator kinds, read from the reference."""
+DRAW_ORDER: tuple[str, ...] = ("k3", *(k for k in KINDS if k != "k3"))
+"""The kinds in the order the strategies sample them: k3 first, the kind whose ``exp`` makes the extreme regime
+(hypothesis favours the first choices, and a search of 60 examples must still reach it)."""
 
 
 def delta(c: Case) -> np.ndarray:

@@ -59,8 +59,9 @@ def _cases(draw: Draw, fixed: Fixed, accepted: Accepted) -> Case:
     kwargs = {k: v for k, v in sub.kwargs.items()}
     per_token = {*sub.per_token, "logp_old"}
     if float(p("kl_coef", st.sampled_from([0.0, 0.05, 1.0]))) > 0:
-        p("kl_kind", st.sampled_from(kl.KINDS))
+        p("kl_kind", st.sampled_from(kl.DRAW_ORDER))
         p("kl_agg", st.sampled_from([None, *agg.MODES]))
+        p("kl_ratio", st.booleans())
         valid_logp = np.where(m, logp, -1.0)
         kwargs["logp_ref"] = fill_masked(valid_logp - draw(log_ratios(shape, limit=2.0)), m, sub.fill, seed=8)
         per_token.add("logp_ref")
@@ -101,6 +102,8 @@ def kl_case(c: Case) -> Case | None:
     n = c.named()
     kwargs = {"kind": c.arg("kl_kind"), "agg": c.arg("kl_agg") or c.arg("agg"), **_max_tokens(c),
               **dict(c.arg("kl_options") or {})}  # fmt: skip
+    if c.arg("kl_ratio"):
+        kwargs["logp_old"] = n["logp_old"]
     return Case("kl_loss", (n["logp"], n["logp_ref"], c.mask), ("logp", "logp_ref", "mask"), kwargs, c.mask,
                 ("logp", "logp_ref"), c.fill)  # fmt: skip
 
@@ -233,6 +236,16 @@ def _variants() -> list[Variant]:
             return _without(c, kl_kind=kind)
 
         out.append(Variant(f"kl_kind={kind!r}", f"the {kind} estimator in the KL term", other_kind, {"kl_kind": kind}))
+    for ratio in (True, False):
+
+        def other_ratio(c: Case, ratio: bool = ratio) -> float:
+            if kl_case(c) is None or bool(c.arg("kl_ratio")) == ratio:
+                raise NotImplementedError
+            return _without(c, kl_ratio=ratio)
+
+        text = ("the KL term times pi/pi_old (TRL's use_bias_correction_kl)" if ratio else
+                "the KL term without the ratio to pi_old (use_bias_correction_kl=False)")  # fmt: skip
+        out.append(Variant(f"kl_ratio={ratio}", text, other_ratio, {"kl_ratio": ratio}))
     return out
 
 
@@ -242,7 +255,7 @@ def _inert(c: Case) -> tuple[str, ...]:
         out.append("logp_ref")
     if float(c.arg("entropy_coef")) == 0:
         out.append("entropy")
-    if c.arg("loss") == "pg":
+    if c.arg("loss") == "pg" and not (c.arg("kl_ratio") and float(c.arg("kl_coef")) > 0):
         out.append("logp_old")
     return tuple(out)
 
@@ -263,7 +276,7 @@ ACTOR_LOSS = register(
         equation="L_policy + beta KL - c_H H",
         docs_page="grpo-losses",
         derivations=(),
-        conventions=("loss", "kl_kind", "agg", "kl_agg", "entropy_agg", "max_tokens", "kl_options"),
+        conventions=("loss", "kl_kind", "kl_ratio", "agg", "kl_agg", "entropy_agg", "max_tokens", "kl_options"),
         variants=tuple(_variants()),
         exponentiates=True,
         stability=ppo.extreme,

@@ -37,7 +37,7 @@ from ..cases import (
     masks,
     shape_bt,
 )
-from ..gradients import Grad, kink_rtol, no_alt
+from ..gradients import Grad, GradientVariant, kink_rtol, no_alt
 from ..registry import Conditioning, FormulaSpec, register
 from ..variants import Fitted, Variant, unused
 
@@ -438,6 +438,16 @@ def _gspo_variants() -> list[Variant]:
     ]  # fmt: skip
 
 
+def _gspo_not_stopped(c: Case, w: np.ndarray) -> dict[str, np.ndarray]:
+    """GSPO with the sequence ratio differentiated (no sg(s_b)): the gradient of s_b = exp(mean log r) spreads each
+    row's GSPO-token gradient evenly over the row's valid tokens (equal to GSPO-token when A is constant per
+    sequence)."""
+    assert c.mask is not None
+    g = _gspo_gradient(c, w)["logp"].value
+    n = np.maximum(c.mask.sum(axis=1, keepdims=True), 1)
+    return {"logp": np.where(c.mask, np.where(c.mask, g, 0.0).sum(axis=1, keepdims=True) / n, 0.0)}
+
+
 GSPO_LOSS = register(
     FormulaSpec(
         id="gspo_loss",
@@ -454,6 +464,15 @@ GSPO_LOSS = register(
         equation="eq. 5 (GSPO), eq. 14-15 (GSPO-token)",
         docs_page="grpo-losses",
         derivations=("gspo_token_equals_gspo",),
+        gradient_variants=(
+            GradientVariant(
+                "GSPO with the sequence ratio differentiated",
+                "exp(mean log r) without sg(): each sequence's gradient spread evenly over its tokens (TRL's "
+                "importance_sampling_level='sequence', OpenRLHF's gspo): the same as GSPO-token only when the "
+                "advantage is constant per sequence",
+                _gspo_not_stopped,
+            ),
+        ),
         conventions=("clip_eps", "clip_eps_high", "agg", "log_ratio_clamp", "max_tokens"),
         variants=tuple(_gspo_variants()),
         exponentiates=True,

@@ -56,7 +56,7 @@ _SHAPED_ARGS = ("scores", "logp", "logp_ref", "mask", "beta")
 def _shaped_cases(draw: Draw, fixed: Fixed, accepted: Accepted) -> Case:
     b, t = shape_bt(draw)
     p = Params("kl_shaped_rewards", draw, fixed, accepted)
-    p("kind", st.sampled_from(kl.KINDS))
+    p("kind", st.sampled_from(kl.DRAW_ORDER))
     position = p("score_position", st.sampled_from(R.SCORE_POSITIONS))
     m = draw(masks(b, t, min_valid=1, need_pad_after=position == "after_last"))
     logp_ref = draw(float_arrays((b, t), -20.0, 0.0))
