@@ -35,6 +35,7 @@ __all__ = [
     "Adapter",
     "accepted_kwargs",
     "compose",
+    "expression",
     "first",
     "float_mask",
     "negate",
@@ -47,6 +48,8 @@ __all__ = [
 ]
 
 Adapter = Callable[[Callable[..., Any]], Callable[..., Any]]
+EXPR_ATTR = "__rlhf_oracle_expr__"
+"""On an adapter: the Python expression that rebuilds it (``adapters.take(1)``), for the reproduction snippet."""
 ACCEPTS_ATTR = "__rlhf_oracle_accepts__"
 NO_GRAD_ATTR = "__rlhf_oracle_no_grad__"
 
@@ -104,6 +107,20 @@ def _mark(wrapped: Callable[..., Any], inner: Callable[..., Any], accepts: Any =
     return wrapped
 
 
+def _named(adapter: Adapter, expr: str) -> Adapter:
+    setattr(adapter, EXPR_ATTR, expr)
+    return adapter
+
+
+def expression(adapter: Adapter | Sequence[Adapter]) -> str | None:
+    """The Python source that rebuilds ``adapter`` (a sequence: their ``compose``), or None for an adapter of the
+    user's own that the library cannot name."""
+    if isinstance(adapter, Sequence):
+        parts = [expression(a) for a in adapter]
+        return None if None in parts else f"adapters.compose({', '.join(p for p in parts if p)})"
+    return getattr(adapter, EXPR_ATTR, None)
+
+
 def compose(*adapters: Adapter) -> Adapter:
     """Apply ``adapters`` left to right."""
 
@@ -112,7 +129,8 @@ def compose(*adapters: Adapter) -> Adapter:
             candidate = a(candidate)
         return candidate
 
-    return adapter
+    parts = [expression(a) for a in adapters]
+    return adapter if None in parts else _named(adapter, f"adapters.compose({', '.join(p for p in parts if p)})")
 
 
 def take(key: int | str) -> Adapter:
@@ -129,7 +147,7 @@ def take(key: int | str) -> Adapter:
 
         return _mark(wrapped, candidate)
 
-    return adapter
+    return _named(adapter, f"adapters.take({key!r})")
 
 
 def first(candidate: Callable[..., Any]) -> Callable[..., Any]:
@@ -221,7 +239,7 @@ def rename(mapping: Mapping[str, str] | None = None, /, **names: str) -> Adapter
         )
         return _mark(wrapped, candidate, accepts)
 
-    return adapter
+    return _named(adapter, f"adapters.rename({table!r})")
 
 
 def reorder(order: Sequence[int]) -> Adapter:
@@ -234,7 +252,7 @@ def reorder(order: Sequence[int]) -> Adapter:
 
         return _mark(wrapped, candidate)
 
-    return adapter
+    return _named(adapter, f"adapters.reorder({list(order)!r})")
 
 
 def float_mask(candidate: Callable[..., Any]) -> Callable[..., Any]:
@@ -296,3 +314,7 @@ def parse(specs: str | Sequence[str]) -> Adapter:
     """Adapters from strings (the CLI's ``--adapter``), composed left to right."""
     items = [specs] if isinstance(specs, str) else list(specs)
     return compose(*(_parse_one(s) for s in items))
+
+
+for _plain in (first, negate, ratio_input, numpy_io, float_mask):
+    setattr(_plain, EXPR_ATTR, f"adapters.{_plain.__name__}")

@@ -12,13 +12,14 @@ candidate when its signature accepts them; a candidate that does not take the ke
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from . import strategies as S
-from .adapters import Adapter, accepted_kwargs, compose
+from .adapters import Adapter, accepted_kwargs, compose, expression
 from .calls import (
     Context,
     Mismatch,
@@ -91,6 +92,52 @@ def _check_options(candidate: Any, adapter: Any, dtype: Any, device: Any, max_ex
         raise ValueError(f"run_check: 'device' {device!r} is not available here: {problem}")
 
 
+def _owner_class(fn: Any) -> type | None:
+    """The ``torch.nn.Module`` subclass an unbound ``Class.forward`` belongs to (None for anything else)."""
+    qualname, module = getattr(fn, "__qualname__", ""), sys.modules.get(getattr(fn, "__module__", "") or "")
+    if not inspect.isfunction(fn) or "." not in qualname or "<" in qualname or module is None:
+        return None
+    owner: Any = module
+    for part in qualname.split(".")[:-1]:
+        owner = getattr(owner, part, None)
+    return owner if isinstance(owner, type) and issubclass(owner, torch.nn.Module) else None
+
+
+def as_function(candidate: Any) -> tuple[Callable[..., Any], str]:
+    """A ``torch.nn.Module`` candidate as the function the check calls, and its import reference for the snippet:
+    a class (built with its defaults), an instance (its ``forward``), or ``Class.forward`` (bound to an instance
+    built with the defaults). Anything else is returned as it is."""
+    if isinstance(candidate, type) and issubclass(candidate, torch.nn.Module):
+        cls = candidate
+    elif (owner := _owner_class(candidate)) is not None:
+        cls = owner
+    elif isinstance(candidate, torch.nn.Module):
+        return _module_call(candidate), ""  # an instance: its constructor arguments are not known
+    else:
+        return candidate, _import_ref(candidate)
+    try:
+        instance = cls()
+    except TypeError as exc:
+        raise TypeError(
+            f"run_check: the candidate is the nn.Module class {cls.__qualname__}, whose constructor needs arguments "
+            f"({exc}); pass an instance, e.g. {cls.__qualname__}(...)"
+        ) from None
+    ref = _import_ref(cls)
+    return _module_call(instance), (f"{ref}()" if ref else "")
+
+
+def _module_call(module: torch.nn.Module) -> Callable[..., Any]:
+    """``module(...)`` with the signature of its ``forward`` (the hyper-parameters it accepts by keyword)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return module(*args, **kwargs)
+
+    call.__signature__ = inspect.signature(module.forward)  # type: ignore[attr-defined]
+    call.__qualname__ = call.__name__ = type(module).__qualname__
+    call.__module__ = type(module).__module__
+    return call
+
+
 def device_unavailable(device: torch.device) -> str | None:
     """Why a tensor cannot be made on ``device`` here (the first line of torch's error: cuda without CUDA), or
     None."""
@@ -102,9 +149,15 @@ def device_unavailable(device: torch.device) -> str | None:
 
 
 def _import_ref(fn: Any) -> str:
-    """``module:qualname`` if ``fn`` can be imported back by that name (not a lambda, a local or ``__main__``)."""
+    """``module:qualname`` if ``fn`` can be imported back by that name (not a lambda, a local or ``__main__``);
+    ``/path/to/file.py:qualname`` for a function the CLI loaded from a file."""
     module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
-    if not module or not qualname or module == "__main__" or "<" in qualname or module.startswith("_rlhf_oracle"):
+    if not module or not qualname or "<" in qualname:
+        return ""
+    if module.startswith("_rlhf_oracle_target_"):  # loaded from a file by `rlhf-oracle check file.py:fn`
+        path = getattr(sys.modules.get(module), "__file__", None)
+        return f"{path}:{qualname}" if path else ""
+    if module == "__main__" or module.startswith("_rlhf_oracle"):
         return ""
     return f"{module}:{qualname}"
 
@@ -168,14 +221,18 @@ def run_check(
     selected = set(_check_names("properties", properties, PROPERTIES)) if properties is not None else set(PROPERTIES)
     if not gradients:
         selected.discard("gradients")
-    importable = _import_ref(candidate)
+    candidate, importable = as_function(candidate)
+    name = getattr(candidate, "__qualname__", getattr(candidate, "__name__", repr(candidate)))
+    adapter_expr = None
     if adapter is not None:
+        adapter_expr = expression(adapter)
         candidate = compose(*adapter)(candidate) if isinstance(adapter, Sequence) else adapter(candidate)
+        name += f" (through {adapter_expr or 'the adapter'})"
     accepted = accepted_kwargs(candidate)
     ctx = Context(spec, candidate, accepted, dict(conventions), dtype, str(device), strict=strict)
-    name = getattr(candidate, "__qualname__", getattr(candidate, "__name__", repr(candidate)))
     report = CheckReport(formula, dict(conventions), dtype, str(device), name, waived=tuple(sorted(waived)),
-                         candidate_import=importable, accepted=accepted, adapted=adapter is not None)  # fmt: skip
+                         candidate_import=importable, accepted=accepted, adapted=adapter is not None,
+                         adapter_expr=adapter_expr or "")  # fmt: skip
     fixed = dict(conventions)
     why_not = applicable(spec)
 

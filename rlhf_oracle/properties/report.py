@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -113,7 +114,10 @@ class CheckReport:
     accepted: frozenset[str] | None = None
     """Keyword arguments the candidate takes (None: any); the snippet passes only those, as the check did."""
     adapted: bool = False
-    """An adapter wrapped the candidate (the snippet calls the function itself, without it)."""
+    """An adapter wrapped the candidate."""
+    adapter_expr: str = ""
+    """The Python expression of that adapter (``adapters.take(0)``), when the library can name it: the snippet
+    rebuilds it; otherwise it calls the function itself and says so."""
 
     @property
     def failures(self) -> list[Failure]:
@@ -188,10 +192,23 @@ def _snippet(formula: str, case: Case, refuses: bool = False, report: CheckRepor
     candidate, the candidate called on the same inputs as the torch tensors it received; prints both."""
     lines = ["import numpy as np", "import torch", "from rlhf_oracle import reference as R"]
     if report is not None and report.candidate_import:
-        module, _, qualname = report.candidate_import.partition(":")
-        head, _, rest = qualname.partition(".")
-        lines.append(f"from {module} import {head}" + (f"  # candidate = {qualname}" if rest else ""))
-        candidate = qualname
+        module, _, qualname = report.candidate_import.rpartition(":")
+        head, _, rest = qualname.removesuffix("()").partition(".")
+        if module.endswith(".py"):  # a file the CLI loaded: load it the same way
+            lines += [
+                "import importlib.util, sys",
+                f"sys.path.insert(0, {str(Path(module).parent)!r})",
+                f"_spec = importlib.util.spec_from_file_location('target', {module!r})",
+                "target = importlib.util.module_from_spec(_spec)",
+                "_spec.loader.exec_module(target)",
+            ]
+            candidate = f"target.{qualname}"
+        else:
+            lines.append(f"from {module} import {head}" + (f"  # candidate = {qualname}" if rest else ""))
+            candidate = qualname
+        if report.adapter_expr:
+            lines += ["from rlhf_oracle.properties import adapters", f"candidate = {report.adapter_expr}({candidate})"]
+            candidate = "candidate"
     else:
         lines.append("# candidate = ...  (the function under test: it was not importable by name)")
         candidate = "candidate"
@@ -219,7 +236,7 @@ def _snippet(formula: str, case: Case, refuses: bool = False, report: CheckRepor
         accepted = report.accepted
         cand_kw = ", ".join(f"{k}=t({k})" for k in case.kwargs if accepted is None or k in accepted)
         args = ", ".join(f"t({n})" for n in case.arg_names)
-        note = "  # without the adapter of the check" if report.adapted else ""
+        note = "  # without the adapter of the check (yours)" if report.adapted and not report.adapter_expr else ""
         calls = [
             f"actual = {candidate}({args}{', ' + cand_kw if cand_kw else ''}){note}",
             'print("expected:", expected)',

@@ -245,3 +245,91 @@ def test_a_function_returning_none_is_diagnosed_as_such(tmp_path: Path, capsys: 
     out = capsys.readouterr().out
     assert "the candidate returned None instead of a tensor (a missing `return`?)" in out
     assert "overflow" not in out
+
+
+def _snippet(out: str) -> str:
+    """The first reproduction snippet of a report, as printed (the counter-example block, dedented)."""
+    lines = out.splitlines()
+    start = next(i for i, ln in enumerate(lines) if "counter-example" in ln) + 1
+    block = []
+    for ln in lines[start:]:
+        if ln.strip() and not ln.startswith("    "):
+            break
+        block.append(ln)
+    return textwrap.dedent("\n".join(block))
+
+
+@pytest.mark.parametrize(
+    ("target", "argv"),
+    [
+        ("token_mean_loss", ["-f", "policy_loss"]),  # a file target: the snippet loads the file
+        ("ratio_loss", ["-f", "ppo_clip_objective", "-a", "ratio", "-a", "first", "--clip-eps", "0.3"]),  # adapters
+    ],
+    ids=["file-target", "file-target-with-adapters"],
+)
+def test_the_printed_snippet_runs_and_reproduces(
+    losses: Path, capsys: pytest.CaptureFixture[str], target: str, argv: list[str]
+) -> None:
+    assert cli.run(_parse([f"{losses}:{target}", *argv, "--max-examples", "10"])) == 1
+    snippet = _snippet(capsys.readouterr().out)
+    assert "# actual" not in snippet  # the call is live, not commented out
+    result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    expected, actual = (ln.split(":", 1)[1] for ln in result.stdout.splitlines()[-2:])
+    assert expected.strip() != actual.strip()  # it reproduces the mismatch
+
+
+MODULE_LOSS = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    class PolicyLoss(nn.Module):  # OpenRLHF style: hyper-parameters in the constructor, (loss, stats) out
+        def __init__(self, clip_eps: float = 0.2) -> None:
+            super().__init__()
+            self.clip_eps = clip_eps
+
+        def forward(self, log_probs, old_log_probs, advantages, action_mask):
+            m = action_mask.bool()
+            ratio = torch.exp(torch.where(m, log_probs - old_log_probs, 0.0))
+            adv = torch.where(m, advantages, 0.0)
+            surr = torch.minimum(ratio * adv, ratio.clamp(1 - self.clip_eps, 1 + self.clip_eps) * adv)
+            return -torch.where(m, surr, 0.0).sum() / m.sum(), {"clipfrac": 0.0}
+
+    class NeedsArgs(nn.Module):
+        def __init__(self, clip_eps):
+            super().__init__()
+
+        def forward(self, log_probs, old_log_probs, advantages, action_mask):
+            return log_probs.sum()
+    """
+)
+
+
+@pytest.mark.parametrize("attr", ["PolicyLoss", "PolicyLoss.forward"])
+def test_nn_module_losses_are_checkable_from_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], attr: str
+) -> None:
+    path = tmp_path / "modules.py"
+    path.write_text(MODULE_LOSS)
+    argv = [f"{path}:{attr}", "-f", "policy_loss", "-a", "first", "--agg", "token-mean", "--max-examples", "10"]
+    assert cli.run(_parse(argv)) == 0, capsys.readouterr().out
+    # a wrong convention fails, and the printed snippet builds the module and runs as printed
+    assert cli.run(_parse([*argv[:-4], "--agg", "seq-mean-token-mean", "--max-examples", "10"])) == 1
+    snippet = _snippet(capsys.readouterr().out)
+    assert "target.PolicyLoss()" in snippet
+    result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_nn_module_instances_and_constructor_errors_in_python(tmp_path: Path) -> None:
+    from rlhf_oracle.properties import adapters, run_check
+
+    path = tmp_path / "modules.py"
+    path.write_text(MODULE_LOSS)
+    module = cli.load_target(f"{path}:PolicyLoss")
+    report = run_check("policy_loss", module(clip_eps=0.3), adapter=adapters.first, agg="token-mean", clip_eps=0.3,
+                       max_examples=10)  # fmt: skip
+    assert report.passed, report.message()
+    with pytest.raises(TypeError, match=r"run_check: the candidate is the nn.Module class NeedsArgs, whose "):
+        run_check("policy_loss", cli.load_target(f"{path}:NeedsArgs"), max_examples=10)
