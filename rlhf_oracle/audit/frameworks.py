@@ -644,7 +644,7 @@ def _entries() -> list[AuditEntry]:
         e("openrlhf", "openrlhf", "openrlhf.models.loss:PolicyLoss(policy_loss_type='gspo')", "gspo_loss", _orl_gspo,
           {"agg": "seq-mean-token-mean"}, "OpenRLHF 0.11.2: GSPO forces the per-sample mean (token_level_loss off)"),
         e("openrlhf", "openrlhf", "openrlhf.models.utils:compute_reward", "kl_shaped_rewards", _orl_reward,
-          {"score_position": "last"}, orl_doc),
+          {"score_position": "last", "kind": "k1"}, orl_doc + "; kl_estimator k1 in the reward"),
         e("openrlhf", "openrlhf", "openrlhf.models.utils:log_probs_from_logits", "token_logprobs",
           _attr("utils", "log_probs_from_logits")),
         e("openrlhf", "openrlhf", "openrlhf.models.utils:compute_entropy", "entropy_from_logits",

@@ -17,6 +17,10 @@ def run_audit_command(args: argparse.Namespace) -> int:
     if args.max_examples is not None and args.max_examples < 1:
         print(f"rlhf-oracle audit: --max-examples must be >= 1, got {args.max_examples}", file=sys.stderr)
         return 2
+    if args.output is not None and (not args.output.parent.is_dir() or args.output.is_dir()):
+        where = "is a folder" if args.output.is_dir() else f"is in a folder that does not exist ({args.output.parent})"
+        print(f"rlhf-oracle audit: --output {args.output} {where}", file=sys.stderr)
+        return 2
     try:
         rows = run_audit(args.framework, max_examples=args.max_examples)
     except AuditUnavailable as exc:

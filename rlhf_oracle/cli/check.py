@@ -155,6 +155,11 @@ def load_target(target: str) -> Callable[..., Any]:
         raise ValueError(f"cannot import {module_part}: {exc.msg} ({exc.filename}, line {exc.lineno})") from None
     except ImportError as exc:
         raise ValueError(f"cannot import {module_part}: {exc}") from None
+    except SystemExit as exc:  # a script that exits at import (argparse, sys.exit in module code)
+        raise ValueError(
+            f"importing {module_part} called sys.exit({exc.code!r}): its module code runs a script; put it under "
+            "`if __name__ == '__main__':`"
+        ) from None
     except Exception as exc:  # the module's own code failed at import
         raise ValueError(f"importing {module_part} raised {type(exc).__name__}: {exc}") from None
     obj: Any = module
@@ -210,6 +215,8 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console()
     if getattr(args, "list", False):
+        if args.target or args.formula:
+            return _usage("--list takes no target or --formula: it lists the formulas")
         _list_formulas()
         return 0
     if not args.target or not args.formula:
@@ -235,6 +242,11 @@ def run(args: argparse.Namespace) -> int:
         validate_conventions(args.formula, conventions)
     except (ValueError, TypeError) as exc:
         return _usage(str(exc).removeprefix(f"check_{args.formula}: "))
+    renamed = [p.partition("=")[0].strip() for a in args.adapter or [] if a.startswith("rename:")
+               for p in a.partition(":")[2].split(",") if "=" in p]  # fmt: skip
+    stray = [name for name in renamed if name not in params]
+    if stray:
+        return _usage(f"--adapter rename: {stray} not a parameter of reference.{args.formula} ({list(params)})")
     try:
         candidate = load_target(args.target)
         adapter = adapters.parse(args.adapter) if args.adapter else None

@@ -133,6 +133,16 @@ def _demo(args: argparse.Namespace, rank: int) -> int:
             _error(str(e))
             return 2
         out = args.out if args.out is not None else Path(str(parallel.broadcast(str(default_run_dir()))))
+        if out.exists() and not out.is_dir():
+            _error(f"--out {out} exists and is not a folder")
+            return 2
+    try:  # the device and dtype are usage errors before any work (CUDA missing, bf16 autocast on CPU)
+        from rlhf_oracle.e2e.runtime import resolve_device
+
+        resolve_device(cfg)
+    except ValueError as e:
+        _error(str(e))
+        return 2
     console.print(f"run folder: [bold]{out}[/bold]")
     try:
         summary = run_demo(cfg, out, resume=args.resume is not None, progress=not args.quiet)

@@ -139,15 +139,11 @@ class DemoConfig:
     ent_coef: float = 0.0
     """Entropy bonus coefficient: the loss subtracts ent_coef * aggregated entropy."""
     policy_loss: str = "ppo"
-    """The policy loss of the actor: 'ppo' (PPO-Clip, policy_loss), 'pg' (REINFORCE/GPG, pg_loss), 'cispo',
-    'gspo' or 'sapo' (their papers' defaults; cispo's cap 5, gspo's clip 3e-4/4e-4, sapo's tau 1.0/1.05)."""
+    """The actor's policy loss: 'ppo' (PPO-Clip), 'pg' (REINFORCE/GPG), 'cispo', 'gspo' or 'sapo' (papers' defaults)."""
     kl_loss_coef: float = 0.0
-    """GRPO's beta: weight of the KL loss term kl_loss(logp, logp_ref, kind=kl_kind) added to the actor loss (on top
-    of, and independent of, the KL penalty in the reward); 0 = no KL loss term."""
+    """GRPO's beta: weight of the KL loss term kl_loss(kind=kl_kind) in the actor loss (beside the reward's KL)."""
     rollout_correction: str | None = None
-    """'tis': sample the responses with a bf16 copy of the policy (the inference engine's precision: a real mismatch
-    with the float32 trainer) and weight each token by min(pi_old / mu, 2) (rollout_is_weights, token TIS), passed
-    to the 'ppo' or 'pg' loss as weights; None = the trainer's policy samples."""
+    """'tis': a bf16 copy of the policy samples; tokens weighted by min(pi_old / mu, 2) in the ppo/pg loss."""
     ptx_coef: float = 0.2
     """InstructGPT's gamma: weight of ptx_loss (SFT-corpus log-likelihood) added to the policy loss."""
     ptx_batch_size: int = 32

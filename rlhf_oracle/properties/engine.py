@@ -50,6 +50,12 @@ def _check_conventions(spec: FormulaSpec, conventions: Mapping[str, Any]) -> Non
         raise TypeError(
             f"check_{spec.id}: unknown convention keyword(s) {unknown}; reference.{spec.id} takes {[p for p in params]}"
         )
+    drawn = [k for k in conventions if params[k].default is inspect.Parameter.empty]
+    if drawn:
+        raise TypeError(
+            f"check_{spec.id}: {drawn} {'is an input' if len(drawn) == 1 else 'are inputs'} of reference.{spec.id} "
+            "(no default: the oracle draws it), not a convention that can be fixed"
+        )
     if not conventions:
         return
     # values: the reference refuses a bad one (clip_eps=-0.1, agg="bogus") on any input; ask it on one drawn case

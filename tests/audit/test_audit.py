@@ -33,12 +33,25 @@ def rows() -> dict[str, AuditRow]:
 EXPECTED_DIFFERENCES = [
     ("verl.trainer.ppo.core_algos:compute_policy_loss_vanilla", "stability", "log-ratio clamp at 20"),
     ("verl.trainer.ppo.core_algos:compute_gae_advantage_return", "values", "whitened inside GAE"),
-    ("verl.trainer.ppo.core_algos:kl_penalty (kl / mse / low_var_kl)", "stability", "output clamp at +-10"),
+    ("verl.trainer.ppo.core_algos:kl_penalty (kl / mse / low_var_kl / abs)", "stability", "output clamp at +-10"),
     ("verl.utils.torch_functional:masked_whiten", "masked_outputs", "non-zero values"),
     ("openrlhf.models.loss:PolicyLoss", "stability", "log-ratio clamp at 20"),
     ("openrlhf.models.loss:PolicyLoss", "masked_slots", "NaN/inf leak"),
-    ("openrlhf.models.utils:compute_approx_kl", "values", "float32-only computation"),
-    ("openrlhf.models.utils:compute_approx_kl", "stability", "output clamp at +-10"),
+    ("openrlhf.models.utils:compute_approx_kl (k1)", "values", "float32-only computation"),
+    ("openrlhf.models.utils:compute_approx_kl (k3)", "values", "float32-only computation"),
+    ("GRPOTrainer._compute_loss (loss_type='sapo')", "stability", "hyper-parameters rounded to float32"),
+    (
+        "GRPOTrainer._compute_loss (importance_sampling_level='sequence')",
+        "gradients",
+        "GSPO with the sequence ratio differentiated",
+    ),
+    ("GRPOTrainer._compute_loss (loss_type='grpo')", "masked_slots", "NaN/inf leak"),
+    (
+        "GRPOTrainer vLLM importance sampling (vllm_importance_sampling_mode='*_mask')",
+        "masked_outputs",
+        "non-zero values",
+    ),
+    ("openrlhf.models.loss:PolicyLoss(policy_loss_type='gspo')", "masked_slots", "NaN/inf leak"),
     ("openrlhf.models.utils:compute_reward", "stability", "KL estimate clamped to +-10"),
     ("openrlhf.models.utils:log_probs_from_logits", "gradients", "in-place operation"),
     ("openrlhf.models.loss:LogExpLoss", "values", "margin ignored"),
@@ -58,6 +71,7 @@ AGREE = [
     "openrlhf.models.loss:PairWiseLoss",
     "openrlhf.models.loss:DPOLoss",
     "openrlhf.models.utils:compute_entropy",
+    "verl.trainer.ppo.core_algos:kl_penalty (low_var_kl)",
 ]
 
 

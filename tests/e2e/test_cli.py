@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from rlhf_oracle import cli
 from rlhf_oracle.e2e.config import DemoConfig, field_docs
@@ -166,3 +167,30 @@ def test_bad_config_files_are_one_line_usage_errors(
 def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["demo", "--config", str(tmp_path / "nope.json")]) == 2
     assert "cannot read it (No such file or directory)" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusals of a machine without CUDA")
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--device", "cuda"], "'device' is 'cuda' but CUDA is not available"),
+        (["--dtype", "bfloat16"], "'dtype' bfloat16 (autocast) is offered on CUDA only"),
+        (["--out", "FILE"], "exists and is not a folder"),
+    ],
+)
+def test_demo_usage_errors_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    argv = [str(afile) if a == "FILE" else a for a in argv]
+    out = ["--out", str(tmp_path / "run")] if "--out" not in argv else []
+    assert cli.main(["demo", *argv, *out]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_audit_output_folder_is_checked_before_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["audit", "verl", "--output", str(tmp_path / "missing" / "a.md")]) == 2
+    assert "is in a folder that does not exist" in capsys.readouterr().err

@@ -133,6 +133,15 @@ BAD = textwrap.dedent(
         (["-f", "policy_loss", "--adapter", "rename:x"], "adapter 'rename:x': write rename:reference_name=your_name"),
         (["-f", "policy_loss", "--adapter", "reorder:a,b"], "adapter 'reorder:a,b': write reorder:i,j,..."),
         (["-f", "policy_loss", "--adapter", "negate:3"], "adapter 'negate:3': negate takes no argument"),
+        (
+            ["-f", "policy_loss", "--adapter", "rename:cliprange=clip_eps"],
+            "--adapter rename: ['cliprange'] not a parameter of reference.policy_loss",
+        ),
+        (
+            ["-f", "kl_shaped_rewards", "--beta", "0.1"],
+            "['beta'] is an input of reference.kl_shaped_rewards (no default: the oracle draws it)",
+        ),
+        (["--list"], "--list takes no target or --formula"),
     ],
 )
 def test_usage_errors_are_one_line(
@@ -333,3 +342,11 @@ def test_nn_module_instances_and_constructor_errors_in_python(tmp_path: Path) ->
     assert report.passed, report.message()
     with pytest.raises(TypeError, match=r"run_check: the candidate is the nn.Module class NeedsArgs, whose "):
         run_check("policy_loss", cli.load_target(f"{path}:NeedsArgs"), max_examples=10)
+
+
+def test_a_target_that_exits_at_import_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "script.py"
+    path.write_text("import sys\nsys.exit(3)\n\ndef f(values, mask):\n    return values.sum()\n")
+    assert cli.run(_parse([f"{path}:f", "-f", "aggregate"])) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "called sys.exit(3)" in err, err
