@@ -19,6 +19,7 @@ import argparse
 import importlib
 import importlib.util
 import inspect
+import json
 import os
 import signal
 import sys
@@ -77,6 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=_DTYPES, default="float64", help="dtype of the inputs (default float64)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--max-examples", type=int, default=None, help="examples per property (default: profile)")
+    parser.add_argument("--format", choices=("text", "json"), default="text",
+                        help="text (a table and the reports) or json (CheckReport.to_dict, for CI tools)")  # fmt: skip
     parser.add_argument(
         "--profile",
         choices=("fast", "thorough", "thorough-derandomized"),
@@ -296,6 +299,9 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGALRM, previous)
         profiles.set_active(None)
 
+    if getattr(args, "format", "text") == "json":
+        print(json.dumps(report.to_dict(), indent=2, default=repr))
+        return 0 if report.passed else 1
     conv = ", ".join(f"{k}={v!r}" for k, v in conventions.items()) or "reference defaults"
     table = Table(title=f"{args.target} vs reference.{args.formula} [{args.dtype}; {conv}]")
     for col, justify in (("property", "left"), ("result", "left"), ("examples", "right"), ("worst error", "right")):

@@ -155,6 +155,46 @@ class CheckReport:
                 lines.append(_format_failure(self, p.finding, finding=True))
         return "\n".join(lines)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data: the verdict of each property, and for each failure or finding its
+        problem, diagnosis and runnable snippet (``rlhf-oracle check --format json``)."""
+
+        def failure(f: Failure | None) -> dict[str, Any] | None:
+            if f is None:
+                return None
+            refuses = f.kind == "accepted" or f.expected is None
+            return {
+                "problem": f.message,
+                "diagnosis": list(f.diagnosis),
+                "dtype": str(f.dtype or self.dtype),
+                "snippet": _snippet(self.formula, f.rounded, refuses, self),
+            }
+
+        def plain(v: Any) -> Any:
+            return v if isinstance(v, str | int | float | bool | None) else repr(v)
+
+        properties = [
+            {
+                "name": p.name,
+                "status": p.status,
+                "examples": p.examples,
+                "worst": p.worst if p.passed is not None else None,
+                "note": p.note,
+                "failure": failure(p.failure),
+                "finding": failure(p.finding),
+            }
+            for p in self.properties
+        ]
+        return {
+            "formula": self.formula,
+            "candidate": self.candidate,
+            "passed": self.passed,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "device": self.device,
+            "conventions": {k: plain(v) for k, v in self.conventions.items()},
+            "properties": properties,
+        }
+
     def raise_for_failure(self) -> CheckReport:
         __tracebackhide__ = True
         if not self.passed:

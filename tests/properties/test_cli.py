@@ -350,3 +350,16 @@ def test_a_target_that_exits_at_import_is_a_usage_error(tmp_path: Path, capsys: 
     assert cli.run(_parse([f"{path}:f", "-f", "aggregate"])) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "called sys.exit(3)" in err, err
+
+
+def test_json_format_for_ci_tools(losses: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    assert cli.run(_parse([f"{losses}:token_mean_loss", "-f", "policy_loss", "--format", "json",
+                           "--max-examples", "10"])) == 1  # fmt: skip
+    data = json.loads(capsys.readouterr().out)
+    assert data["formula"] == "policy_loss" and data["passed"] is False
+    values = next(p for p in data["properties"] if p["name"] == "values")
+    assert values["status"] == "FAILED"
+    assert any("agg='token-mean'" in line for line in values["failure"]["diagnosis"])
+    assert "R.policy_loss(" in values["failure"]["snippet"]
