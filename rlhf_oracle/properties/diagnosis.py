@@ -17,11 +17,9 @@ Each failing property gets its own diagnosis:
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
-import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -29,25 +27,18 @@ import numpy as np
 import torch
 from hypothesis import strategies as st
 
+from . import precision
 from . import strategies as S
 from . import tolerances as tol
-from .calls import Context, candidate_call, compare, output_dtypes, outputs, reference_outputs, rounded, sample_cases
+from .calls import Context, candidate_call, compare, outputs, reference_outputs, rounded, sample_cases
 from .gradients import GradientVariant
+from .precision import quiet
 from .registry import FormulaSpec
 from .report import Failure
 from .strategies import Case
 from .variants import Variant, resolve
 
 __all__ = ["diagnose", "grad_diagnosis"]
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Evaluate candidate conventions without leaking their NumPy warnings (a variant's degenerate statistic on a
-    one-token row, an overflow in a fitted clamp) into the user's test output: they are the oracle's business."""
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        yield
 
 
 def diagnose(ctx: Context, failure: Failure) -> list[str]:
@@ -104,7 +95,7 @@ def _values(ctx: Context, failure: Failure) -> list[str]:
             + _exp_note(spec, dtype)
         ]
         return notes + ([f"regime: {spec.stability_note}"] if spec.stability_note else [])
-    low = _low_precision(ctx, failure, dtype)
+    low = precision.low_precision(ctx, failure, dtype)
     if low is not None:
         low_dtype, matches_ref = low
         notes.append(
@@ -115,7 +106,7 @@ def _values(ctx: Context, failure: Failure) -> list[str]:
         if matches_ref:
             return notes
         dtype = low_dtype
-    if _float32_hyper_parameters(ctx, failure, dtype):
+    if precision.float32_hyper_parameters(ctx, failure, dtype):
         notes.append(
             "matches the reference with its hyper-parameters rounded to float32: a constant becomes a float32 tensor "
             "whatever the input dtype (e.g. torch.where(cond, 1.0, 1.05) or torch.tensor(eps) without dtype=); "
@@ -124,7 +115,7 @@ def _values(ctx: Context, failure: Failure) -> list[str]:
         return notes
     matched = _variant_matches(ctx, failure, dtype)
     if not any(line.startswith("matches ") and not line.startswith("matches no") for line in matched):
-        if _float32_inside(ctx, failure, dtype):
+        if precision.float32_inside(ctx, failure, dtype):
             notes.append(
                 "float32-only computation: the output is float64 but matches the reference only at float32 "
                 "precision (an upcast/downcast inside, e.g. `.float()` on the inputs)"
@@ -164,59 +155,6 @@ def _where_it_runs(ctx: Context, failure: Failure) -> list[str]:
     if not ran:
         return ["it raised on every input tried: no value to compare with the reference"]
     return [f"where it runs ({ran} of 24 inputs tried), it agrees with the reference"]
-
-
-def _float32_hyper_parameters(ctx: Context, failure: Failure, dtype: torch.dtype) -> bool:
-    """Whether the candidate's float64 output is the reference's with the float hyper-parameters rounded to
-    float32 (and the reference itself is not: some hyper-parameter is not a float32 number)."""
-    rc = failure.rounded
-    if dtype != torch.float64 or rc is None or failure.actual is None:
-        return False
-    rounded32 = {k: float(np.float32(v)) for k, v in rc.named().items()
-                 if isinstance(v, float) and math.isfinite(v) and float(np.float32(v)) != v}  # fmt: skip
-    if not rounded32:
-        return False
-    changed = rc.with_inputs(**rounded32)
-    try:
-        with quiet():
-            expected = reference_outputs(ctx.spec, changed)
-    except Exception:
-        return False
-    ratio, _, _, problem = compare(ctx.spec, changed, expected, failure.actual, dtype)
-    return problem is None and ratio <= 1.0
-
-
-def _float32_inside(ctx: Context, failure: Failure, dtype: torch.dtype) -> bool:
-    """Whether a float64 output agrees with the reference on the float32-rounded inputs within float32's
-    tolerance (the candidate computed in float32 and cast the result back)."""
-    if dtype != torch.float64 or failure.actual is None:
-        return False
-    try:
-        rl = rounded(failure.case, torch.float32)
-        with quiet():
-            expected = reference_outputs(ctx.spec, rl)
-    except Exception:
-        return False
-    ratio, _, _, problem = compare(ctx.spec, rl, expected, failure.actual, torch.float32)
-    return problem is None and ratio <= 1.0
-
-
-def _low_precision(ctx: Context, failure: Failure, dtype: torch.dtype) -> tuple[torch.dtype, bool] | None:
-    """If the candidate computes below ``dtype``: (that dtype, whether it then matches the reference)."""
-    if dtype != torch.float64:
-        return None
-    try:
-        out = candidate_call(ctx.fn, failure.case, dtype, ctx.device, ctx.accepted)
-    except Exception:
-        return None
-    dts = [d for d in output_dtypes(out) if d is not None]
-    lowest = min(dts, key=lambda d: d.itemsize) if dts else None
-    if lowest is None or lowest.itemsize >= 8:
-        return None  # (a float64 result computed in float32 inside is not distinguishable from a small error)
-    low = lowest
-    rl = rounded(failure.case, low)
-    ratio, _, _, problem = compare(ctx.spec, rl, reference_outputs(ctx.spec, rl), failure.actual, low)
-    return low, problem is None and ratio <= 1.0
 
 
 def _variant_matches(ctx: Context, failure: Failure, dtype: torch.dtype) -> list[str]:
