@@ -12,7 +12,8 @@ keywords) and measures the discrepancy of each output:
 
 a normwise relative error in the infinity norm, over the valid positions when the call has a ``mask`` of the
 output's shape. ``scale`` is ``max_i |reference_i|`` for arrays; for a scalar it is the mean magnitude of the terms
-it averages (``policy_loss``: mean |ratio A|; ``aggregate``: the aggregate of |values|), so that cancellation in a
+it averages (``policy_loss``: mean |ratio A|; ``aggregate``: the aggregate of |values|; the GRPO-era losses: the
+size of their terms |A| (1 + r)(1 + |log pi|); ``kl_loss``: |Delta| + |k|, times the ratio), so that cancellation in a
 value near 0 does not inflate the error (float32 summation error is bounded relative to the sum of |terms|).
 There is no second copy of the loop's arithmetic: whatever the loop computes, with whatever keywords, is what is
 replayed. Calls without a reference twin (the data-parallel shares, the normaliser's counts) are not replayed.
@@ -171,6 +172,23 @@ def _scalar_scale(call: Call, inputs: dict[str, Any], expected: float) -> float:
         return float(np.mean(np.abs(ratio * inputs["advantages"])[m])) if m.any() else abs(expected)
     if call.name == "aggregate":
         return float(R.aggregate(np.abs(inputs["values"]), inputs["mask"], inputs.get("agg", "seq-mean-token-mean")))
+    m = np.asarray(inputs.get("mask", False), dtype=bool)
+    if call.name in ("pg_loss", "cispo_loss", "gspo_loss", "sapo_loss") and m.any():
+        # the size of the per-token terms, |A| (1 + r)(1 + |log pi|), bounds each loss's term (the weights of pg
+        # and the 4/tau of SAPO included up to a constant): whitened advantages make the mean cancel
+        logp = np.asarray(inputs["logp"], dtype=np.float64)
+        old = np.asarray(inputs.get("logp_old", logp), dtype=np.float64)
+        ratio = np.exp(np.clip(logp - old, -50.0, 50.0))
+        weights = np.abs(np.asarray(inputs.get("weights") if inputs.get("weights") is not None else 1.0))
+        size = np.abs(inputs["advantages"]) * (1.0 + ratio) * (1.0 + np.abs(logp)) * weights * 4.0
+        return float(np.mean(np.broadcast_to(size, m.shape)[m]))
+    if call.name == "kl_loss" and m.any():  # the estimator's terms (k1 cancels in the mean), times the ratio
+        delta = np.asarray(inputs["logp"], dtype=np.float64) - np.asarray(inputs["logp_ref"], dtype=np.float64)
+        terms = np.abs(delta) + np.abs(R.kl_estimate(delta, np.zeros_like(delta), inputs.get("kind", "k3"),
+                                                     output_clamp=inputs.get("output_clamp")))  # fmt: skip
+        if inputs.get("logp_old") is not None:
+            terms = terms * np.exp(np.clip(inputs["logp"] - inputs["logp_old"], -50.0, 50.0))
+        return float(np.mean(terms[m]))
     return abs(expected)
 
 
