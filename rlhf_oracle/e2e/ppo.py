@@ -320,6 +320,10 @@ def _run_step(
         "reply_len": float(mask.float().sum(dim=1).mean()),
         "eos_rate": float((ro.batch.responses == tok.eos_token_id).any(dim=1).float().mean()),
     }
+    if ro.is_weights is not None:  # how far the bf16 engine is from the trainer: the weights' spread, truncations
+        w = ro.is_weights[mask]
+        metrics["is_weight_min"], metrics["is_weight_max"] = float(w.min()), float(w.max())
+        metrics["is_truncated"] = float((w >= 2.0).float().mean())
 
     state.step = step
     return metrics
