@@ -78,6 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=_DTYPES, default="float64", help="dtype of the inputs (default float64)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--max-examples", type=int, default=None, help="examples per property (default: profile)")
+    parser.add_argument("--preset", help="the conventions a framework documents for the formula: verl, openrlhf, "
+                        "trl, or framework:qualifier (trl:dapo); explicit convention flags override it")  # fmt: skip
     parser.add_argument("--format", choices=("text", "json"), default="text",
                         help="text (a table and the reports) or json (CheckReport.to_dict, for CI tools)")  # fmt: skip
     parser.add_argument(
@@ -241,6 +243,13 @@ def run(args: argparse.Namespace) -> int:
     unknown = [k for k in conventions if k not in params]
     if unknown:
         return _usage(f"{args.formula} has no convention {unknown}; it takes {list(params)}")
+    if getattr(args, "preset", None):
+        from rlhf_oracle.properties.presets import preset_conventions
+
+        try:
+            conventions = {**preset_conventions(args.formula, args.preset), **conventions}
+        except ValueError as exc:
+            return _usage(str(exc).removeprefix("run_check: "))
     try:
         validate_conventions(args.formula, conventions)
     except (ValueError, TypeError) as exc:

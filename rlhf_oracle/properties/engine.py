@@ -31,6 +31,7 @@ from .calls import (
     secondary_examples,
 )
 from .diagnosis import diagnose
+from .presets import preset_conventions
 from .props import PROPERTY_OBJECTS, Run
 from .registry import FormulaSpec, get
 from .report import PROPERTIES, WAIVABLE, CheckReport, PropertyResult
@@ -202,6 +203,7 @@ def run_check(
     waive: Iterable[str] = (),
     properties: Iterable[str] | None = None,
     mask_layout: str = "any",
+    preset: str | None = None,
     **conventions: Any,
 ) -> CheckReport:
     """Run every property of ``formula`` on ``candidate`` and return the report (never raises on a mismatch).
@@ -213,11 +215,15 @@ def run_check(
     floating spans, with holes half the time, as multi-turn masks have), ``"contiguous"`` (one span per row, no
     holes), ``"right"`` (right-padded: the span starts at 0), ``"left"`` (left-padded).
     ``strict``: what the candidate returns where the reference refuses the input (NaN or 0 on an all-masked
-    batch) is reported as ``differs`` and passes by default; ``strict=True`` makes it fail."""
+    batch) is reported as ``differs`` and passes by default; ``strict=True`` makes it fail.
+    ``preset``: fix the conventions a framework documents for the formula (``"verl"``, ``"trl:dapo"``, see
+    :mod:`rlhf_oracle.properties.presets`); explicit conventions override it."""
     if not isinstance(strict, bool):
         raise TypeError(f"run_check: 'strict' must be a bool, got {strict!r}")
     _check_options(candidate, adapter, dtype, device, max_examples)
     spec = get(formula)
+    if preset is not None:
+        conventions = {**preset_conventions(formula, preset), **conventions}
     if mask_layout not in S.MASK_LAYOUTS:
         raise ValueError(f"run_check: 'mask_layout' must be one of {S.MASK_LAYOUTS}, got {mask_layout!r}")
     _check_conventions(spec, conventions)

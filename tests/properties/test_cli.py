@@ -363,3 +363,12 @@ def test_json_format_for_ci_tools(losses: Path, capsys: pytest.CaptureFixture[st
     assert values["status"] == "FAILED"
     assert any("agg='token-mean'" in line for line in values["failure"]["diagnosis"])
     assert "R.policy_loss(" in values["failure"]["snippet"]
+
+
+def test_preset_from_the_command_line(losses: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # token_mean_loss is TRL's dapo/bnpo aggregation: the trl:dapo preset fixes it; plain 'trl' is ambiguous
+    argv = [f"{losses}:token_mean_loss", "-f", "policy_loss", "--max-examples", "10", "--preset"]
+    assert cli.run(_parse([*argv, "trl:dapo"])) == 0
+    assert "agg='token-mean'" in capsys.readouterr().out
+    assert cli.run(_parse([*argv, "trl"])) == 2
+    assert "preset 'trl' is ambiguous for policy_loss" in capsys.readouterr().err

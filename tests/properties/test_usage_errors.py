@@ -67,3 +67,23 @@ def test_the_cli_says_a_bad_convention_in_one_line_with_exit_2(tmp_path: Path) -
         assert out.returncode == 2, (extra, out.stdout[-500:], out.stderr[-500:])
         lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
         assert len(lines) == 1 and words in lines[0], out.stderr
+
+
+def test_presets_fix_what_the_framework_audit_documents() -> None:
+    from rlhf_oracle.properties.presets import preset_conventions
+
+    assert preset_conventions("policy_loss", "verl") == {"dual_clip": 3.0}
+    assert preset_conventions("policy_loss", "trl:dapo") == {"agg": "token-mean", "dual_clip": None}
+    assert preset_conventions("kl_estimate", "openrlhf:(k3)") == {"kind": "k3", "output_clamp": 10.0}
+    with pytest.raises(ValueError, match=r"preset 'trl' is ambiguous for policy_loss, the trl functions differ"):
+        preset_conventions("policy_loss", "trl")
+    with pytest.raises(ValueError, match=r"'preset' must be one of \['openrlhf', 'trl', 'verl'\]"):
+        preset_conventions("policy_loss", "deepspeed")
+    with pytest.raises(ValueError, match=r"preset 'openrlhf' has no openrlhf function for gae"):
+        preset_conventions("gae", "openrlhf")
+
+
+def test_a_preset_and_an_explicit_convention_in_a_check() -> None:
+    report = run_check("policy_loss", T.policy_loss, preset="trl:dapo", clip_eps=0.1, max_examples=5,
+                       properties=["values"])  # fmt: skip
+    assert report.passed and report.conventions == {"agg": "token-mean", "dual_clip": None, "clip_eps": 0.1}
