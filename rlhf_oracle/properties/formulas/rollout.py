@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from rlhf_oracle import reference as R
 
 from .. import tolerances as tol
+from ..axes.ppo import CLAMP_GRID
 from ..cases import (
     Accepted,
     Case,
@@ -34,7 +35,7 @@ from ..cases import (
 )
 from ..gradients import kink_rtol
 from ..registry import Conditioning, FormulaSpec, register
-from ..variants import Variant
+from ..variants import Fitted, Variant, unused
 
 __all__ = ["ROLLOUT_IS_WEIGHTS"]
 
@@ -132,7 +133,19 @@ def _is_variants() -> list[Variant]:
             raise NotImplementedError
         return np.asarray(R.rollout_is_weights(*c.args, **{**c.kwargs, "lower": None}))
 
+    def clamped(c: Case, bound: float) -> np.ndarray:  # log rho clamped to [-bound, bound] before exp
+        assert c.mask is not None
+        with np.errstate(over="ignore"):
+            rho = np.exp(np.clip(_is_log_rho(c), -bound, bound))
+        upper, lower, mode = float(c.arg("upper")), c.arg("lower"), c.arg("mode")
+        inside = (rho <= upper) & (rho >= (lower if lower is not None else 0.0))
+        w = {"truncate": np.minimum(rho, upper), "mask": np.where(inside, rho, 0.0),
+             "reject": inside.astype(np.float64)}[mode]  # fmt: skip
+        return np.asarray(np.where(c.mask, w, 0.0))
+
     return [
+        Fitted("log-ratio clamp at {c}", "log rho clamped to [-{c}, {c}] before exp (verl's SAFETY_BOUND 20): far "
+               "ratios saturate at e^{c}", unused, None, 1, clamped, lambda c, actual: CLAMP_GRID),
         *other("seq_ratio", R.SEQ_RATIOS, "product vs geometric mean of the token ratios"),
         *other("mode", R.IS_MODES, "truncate (TIS), mask (MIS/IcePop) or reject (RS)"),
         *other("level", R.IS_LEVELS, "one weight per token vs per sequence"),
