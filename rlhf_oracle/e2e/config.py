@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-POLICY_LOSSES = ("ppo", "pg", "cispo", "gspo", "sapo")
-"""The demo's --policy-loss choices (rlhf_oracle.reference.ACTOR_LOSSES)."""
+from rlhf_oracle.reference import ACTOR_LOSSES
+
+POLICY_LOSSES: tuple[str, ...] = ACTOR_LOSSES
+"""The demo's --policy-loss choices: the policy losses ``actor_loss`` names."""
 
 
 @dataclass

@@ -179,8 +179,10 @@ def _scalar_scale(call: Call, inputs: dict[str, Any], expected: float) -> float:
         logp = np.asarray(inputs["logp"], dtype=np.float64)
         old = np.asarray(inputs.get("logp_old", logp), dtype=np.float64)
         ratio = np.exp(np.clip(logp - old, -50.0, 50.0))
-        weights = np.abs(np.asarray(inputs.get("weights") if inputs.get("weights") is not None else 1.0))
-        size = np.abs(inputs["advantages"]) * (1.0 + ratio) * (1.0 + np.abs(logp)) * weights * 4.0
+        w = inputs.get("weights")
+        size = np.abs(inputs["advantages"]) * (1.0 + ratio) * (1.0 + np.abs(logp)) * 4.0
+        if w is not None:
+            size = size * np.abs(w)
         return float(np.mean(np.broadcast_to(size, m.shape)[m]))
     if call.name == "kl_loss" and m.any():  # the estimator's terms (k1 cancels in the mean), times the ratio
         delta = np.asarray(inputs["logp"], dtype=np.float64) - np.asarray(inputs["logp_ref"], dtype=np.float64)

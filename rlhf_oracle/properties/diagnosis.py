@@ -386,6 +386,21 @@ def _empty_row_convention(ctx: Context, failure: Failure, rc: Case) -> str | Non
 # gradients
 
 
+def _matching_readings(case: Case, name: str, actual: np.ndarray, readings: Sequence[GradientVariant],
+                       w: np.ndarray, allowed: np.ndarray) -> list[str]:  # fmt: skip
+    """The gradient-only readings whose gradient of ``name`` the candidate's matches within ``allowed``."""
+    out = []
+    for reading in readings:
+        try:
+            with np.errstate(all="ignore"):
+                g = reading.gradient(case, w).get(name)
+        except NotImplementedError:
+            continue
+        if g is not None and float(tol.error_ratio(actual, g, allowed).max(initial=0.0)) <= 1.0:
+            out.append(f"the gradient matches {reading.name}: {reading.description}")
+    return out
+
+
 def grad_diagnosis(
     case: Case,
     name: str,
@@ -400,17 +415,7 @@ def grad_diagnosis(
     """Why the gradient of input ``name`` differs; ``stopped``: the formula puts a stop-gradient on it;
     ``readings``: the formula's known gradient-only variants, matched against ``actual`` within ``allowed``
     (``w``: the output weights the gradient was taken with)."""
-    out = []
-    for reading in readings:
-        if w is None or allowed is None:
-            break
-        try:
-            with np.errstate(all="ignore"):
-                g = reading.gradient(case, w).get(name)
-        except NotImplementedError:
-            continue
-        if g is not None and float(tol.error_ratio(actual, g, allowed).max(initial=0.0)) <= 1.0:
-            out.append(f"the gradient matches {reading.name}: {reading.description}")
+    out = [] if w is None or allowed is None else _matching_readings(case, name, actual, readings, w, allowed)
     if out:
         return out  # a known reading explains it: the generic guesses below would only add noise
     if not np.any(actual) and np.any(expected):

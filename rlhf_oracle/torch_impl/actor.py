@@ -28,7 +28,7 @@ KL_OPTIONS = ("grad", "log_ratio_clamp", "output_clamp")
 def _options(loss: str) -> tuple[str, ...]:
     params = inspect.signature(_POLICY_LOSSES[loss]).parameters
     first_option = 3 if loss == "pg" else 4
-    return tuple(name for name in list(params)[first_option:] if name not in _OWN and name != "chunk_size")
+    return tuple(name for name in list(params)[first_option:] if name not in _OWN)
 
 
 def _kl_kwargs(kl_options: Mapping[str, Any] | None, logp_old: Any) -> dict[str, Any]:

@@ -22,7 +22,17 @@ from rlhf_oracle import reference as R
 from ..cases import BadCase, Case, Draw, Params
 from ..variants import where
 
-__all__ = ["MODES", "AggAxis", "abs_scale", "alternatives", "draw_mode", "empty_row", "value", "weights"]
+__all__ = [
+    "MODES",
+    "AggAxis",
+    "abs_scale",
+    "alternatives",
+    "case_weights",
+    "draw_mode",
+    "empty_row",
+    "value",
+    "weights",
+]
 
 MODES: tuple[str, ...] = R.AGGREGATION_MODES
 """The aggregation modes, read from the reference."""
@@ -85,6 +95,12 @@ def abs_scale(c: Case, per_token: np.ndarray, arg: str = "agg") -> float:
     if mode == "seq-mean-token-sum":
         return float(np.mean(x.sum(1)))
     return float(np.mean(x.sum(1)) / (m.shape[1] if mt is None else mt))
+
+
+def case_weights(c: Case, arg: str = "agg") -> np.ndarray:
+    """:func:`weights` of the case's own aggregation ``arg``, 0 at its masked slots."""
+    assert c.mask is not None
+    return np.where(c.mask, weights(c.mask, *settings(c, arg)), 0.0)
 
 
 def draw_mode(p: Params, t: int, name: str = "agg") -> str:

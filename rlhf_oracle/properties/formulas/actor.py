@@ -15,6 +15,7 @@ families of its three terms (the policy losses, ``kl_loss`` and ``aggregate`` fo
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 
 import numpy as np
 from hypothesis import strategies as st
@@ -197,24 +198,23 @@ def _variants() -> list[Variant]:
             raise NotImplementedError
         return float(REGISTRY[term.formula].reference(*term.args, **term.kwargs))
 
-    def missing(which: str, sign: float) -> Variant:
+    def term_as(which: str, sign: float) -> Callable[[Case], float]:
+        """The actor loss with the term ``which`` entering as ``sign * coef * term`` (0: missing)."""
         coef = "kl_coef" if which == "kl" else "entropy_coef"
 
         def compute(c: Case) -> float:
             value = term_value(c, which)  # raises where the term is absent
             return _without(c, **{coef: 0.0}) + sign * float(c.arg(coef)) * value
 
-        return Variant("", "", compute)
+        return compute
 
     out = [
-        Variant("KL term missing", "kl_coef * KL not added (logp_ref ignored)",
-                lambda c: missing("kl", 0.0).compute(c)),
+        Variant("KL term missing", "kl_coef * KL not added (logp_ref ignored)", term_as("kl", 0.0)),
         Variant("KL term subtracted", "- kl_coef * KL: the penalty rewards moving away from the reference",
-                lambda c: missing("kl", -1.0).compute(c)),
-        Variant("entropy term missing", "the entropy bonus not subtracted",
-                lambda c: missing("entropy", 0.0).compute(c)),
+                term_as("kl", -1.0)),
+        Variant("entropy term missing", "the entropy bonus not subtracted", term_as("entropy", 0.0)),
         Variant("entropy added", "+ entropy_coef * H: entropy penalised instead of rewarded (sign)",
-                lambda c: missing("entropy", 1.0).compute(c)),
+                term_as("entropy", 1.0)),
     ]  # fmt: skip
     for mode in agg.MODES:
         for which, name in (("kl", "kl_agg"), ("entropy", "entropy_agg")):

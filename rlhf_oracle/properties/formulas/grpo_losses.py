@@ -40,6 +40,7 @@ from ..cases import (
 from ..gradients import Grad, GradientVariant, kink_rtol, no_alt
 from ..registry import Conditioning, FormulaSpec, register
 from ..variants import Fitted, Variant, unused
+from .policy import frozen_pg_case
 
 __all__ = ["CISPO_LOSS", "GSPO_LOSS", "SAPO_LOSS"]
 
@@ -91,20 +92,10 @@ def _ratio(c: Case) -> np.ndarray:
         return np.asarray(np.exp(logp - old))
 
 
-def _agg_weights(c: Case) -> np.ndarray:
-    assert c.mask is not None
-    return np.where(c.mask, agg.weights(c.mask, *agg.settings(c)), 0.0)
-
-
 def _as_pg(c: Case, weights: np.ndarray) -> Case:
     """The ``pg_loss`` case whose value has this loss's gradient on ``logp``: the same log-probabilities,
     advantages, mask and aggregation, with the (detached) per-token weights frozen."""
-    assert c.mask is not None
-    logp, _, adv = _valid(c)
-    kwargs = {"agg": c.arg("agg"), "weights": np.where(c.mask, weights, 0.0)}
-    if "max_tokens" in c.kwargs:
-        kwargs["max_tokens"] = c.kwargs["max_tokens"]
-    return Case("pg_loss", (logp, adv, c.mask), ("logp", "advantages", "mask"), kwargs, c.mask, (), c.fill)
+    return frozen_pg_case(c, weights, _valid(c)[2])
 
 
 def _clamp_variants(per_token: Callable[[Case, float], np.ndarray], what: str) -> list[Variant]:
@@ -173,7 +164,7 @@ def _cispo_tolerance(c: Case) -> Conditioning:
 
 
 def _cispo_gradient(c: Case, w: np.ndarray) -> dict[str, Grad]:
-    return {"logp": no_alt(-_agg_weights(c) * _cispo_weight(c) * _valid(c)[2] * w)}
+    return {"logp": no_alt(-agg.case_weights(c) * _cispo_weight(c) * _valid(c)[2] * w)}
 
 
 def _cispo_per_token(weight: Callable[[Case], np.ndarray]) -> Callable[[Case], np.ndarray]:
@@ -279,8 +270,8 @@ def _sapo_gradient(c: Case, w: np.ndarray) -> dict[str, Grad]:
         g = np.nan_to_num(-4.0 * s * (1.0 - s) * r * adv, nan=0.0)  # r = inf: s(1 - s) = 0 first
         # sigma (1 - sigma) cancels where the gate saturates: a candidate's 1 - sigma is only as exact as its dtype
         # relative to 1, so the scale is the size of the terms, 4 r |A| (times the aggregation weight)
-        terms = np.nan_to_num(np.abs(4.0 * np.minimum(r, 1e300) * adv * _agg_weights(c) * w), posinf=1e300)
-    return {"logp": Grad(_agg_weights(c) * g * w, np.full(g.shape, np.nan), terms)}
+        terms = np.nan_to_num(np.abs(4.0 * np.minimum(r, 1e300) * adv * agg.case_weights(c) * w), posinf=1e300)
+    return {"logp": Grad(agg.case_weights(c) * g * w, np.full(g.shape, np.nan), terms)}
 
 
 def _sapo_per_token(pos: str = "tau_pos", neg: str = "tau_neg", *, four_over_tau: bool = True, log_gate: bool = False):  # type: ignore[no-untyped-def]
@@ -404,7 +395,7 @@ def _gspo_active(c: Case) -> tuple[np.ndarray, np.ndarray]:
 
 def _gspo_gradient(c: Case, w: np.ndarray) -> dict[str, Grad]:
     active, alt = _gspo_active(c)
-    base = -_agg_weights(c) * _gspo_s(c, _seq_log_ratio(c)) * _valid(c)[2] * w
+    base = -agg.case_weights(c) * _gspo_s(c, _seq_log_ratio(c)) * _valid(c)[2] * w
     with np.errstate(invalid="ignore"):
         return {"logp": Grad(np.where(active > 0, base, 0.0), np.where(np.isnan(alt), np.nan, base * alt))}
 

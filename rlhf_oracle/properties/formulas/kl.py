@@ -41,6 +41,7 @@ from ..cases import (
 from ..gradients import Grad, GradientVariant, kink_rtol
 from ..registry import Conditioning, FormulaSpec, register
 from ..variants import Variant, negated
+from .policy import frozen_pg_case
 
 __all__ = ["KL_ESTIMATE", "KL_EXACT", "KL_LOSS"]
 
@@ -257,11 +258,6 @@ def _term(
         return np.asarray(np.where(c.mask, k * (_ratio(c) if ratio else 1.0), 0.0))
 
 
-def _agg_weights(c: Case) -> np.ndarray:
-    assert c.mask is not None
-    return np.where(c.mask, agg.weights(c.mask, *agg.settings(c)), 0.0)
-
-
 def _loss_tolerance(c: Case) -> Conditioning:
     assert c.mask is not None
     logp = tol.valid(c, "logp")
@@ -290,7 +286,7 @@ def _loss_slope(c: Case, *, grad: str | None = None, ratio_grad: bool = True) ->
 
 def _loss_gradient(c: Case, w: np.ndarray) -> dict[str, Grad]:
     g = _loss_slope(c)
-    aw = _agg_weights(c) * w
+    aw = agg.case_weights(c) * w
     with np.errstate(invalid="ignore"):
         return {"logp": Grad(aw * g.value, aw * g.alternative, None if g.scale is None else np.abs(aw) * g.scale)}
 
@@ -300,14 +296,7 @@ def _loss_gradient_of(c: Case) -> Case:
     straight-through k2 gradient, ``pg_loss`` with the per-token slope frozen as its weights (A = -1)."""
     if c.arg("grad") != "k2":
         return c
-    assert c.mask is not None
-    weights = np.where(c.mask, _loss_slope(c).value, 0.0)
-    kwargs = {"agg": c.arg("agg"), "weights": weights}
-    if "max_tokens" in c.kwargs:
-        kwargs["max_tokens"] = c.kwargs["max_tokens"]
-    logp = tol.valid(c, "logp")
-    return Case("pg_loss", (logp, -np.ones_like(logp), c.mask), ("logp", "advantages", "mask"), kwargs, c.mask, (),
-                c.fill)  # fmt: skip
+    return frozen_pg_case(c, _loss_slope(c).value, -np.ones_like(tol.valid(c, "logp")))
 
 
 def _loss_variants() -> list[Variant]:
@@ -320,8 +309,9 @@ def _loss_variants() -> list[Variant]:
 
     def unless(name: str, value: object, compute):  # type: ignore[no-untyped-def]
         def checked(c: Case) -> float:
-            current = c.arg(name)
-            if current is value if value is None or current is None else current == value:
+            current = c.arg(name)  # (logp_old is an array: compared with None by identity only)
+            same = current is value if value is None or current is None else bool(current == value)
+            if same:
                 raise NotImplementedError  # the variant is the reference on this case
             return float(compute(c))
 
@@ -351,12 +341,12 @@ def _loss_variants() -> list[Variant]:
 def _gradient_variants() -> list[GradientVariant]:
     def other_grad(c: Case, w: np.ndarray) -> dict[str, np.ndarray]:
         g = _loss_slope(c, grad="estimator" if c.arg("grad") == "k2" else "k2")
-        return {"logp": _agg_weights(c) * w * g.value}
+        return {"logp": agg.case_weights(c) * w * g.value}
 
     def detached(c: Case, w: np.ndarray) -> dict[str, np.ndarray]:
         if c.arg("logp_old") is None:
             raise NotImplementedError
-        return {"logp": _agg_weights(c) * w * _loss_slope(c, ratio_grad=False).value}
+        return {"logp": agg.case_weights(c) * w * _loss_slope(c, ratio_grad=False).value}
 
     return [
         GradientVariant("the other gradient", "grad='k2' where the estimator's own gradient is meant (verl's '+' "

@@ -45,7 +45,7 @@ from ..gradients import Grad, no_alt
 from ..registry import Conditioning, FormulaSpec, register
 from ..variants import Variant, negated, unused
 
-__all__ = ["AGGREGATE", "PG_LOSS", "POLICY_LOSS", "PPO_CLIP_GRAD", "PPO_CLIP_OBJECTIVE"]
+__all__ = ["AGGREGATE", "PG_LOSS", "POLICY_LOSS", "PPO_CLIP_GRAD", "PPO_CLIP_OBJECTIVE", "frozen_pg_case"]
 
 _PPO_ARGS = ("logp", "logp_old", "advantages")
 
@@ -114,6 +114,18 @@ def _weights_ignored(reference: Callable[..., float]) -> Variant:
         return float(reference(*c.args, **{**c.kwargs, "weights": None}))
 
     return Variant("weights ignored", "the per-token weights are not multiplied in (w = 1)", unweighted)
+
+
+def frozen_pg_case(c: Case, frozen: np.ndarray, advantages: np.ndarray) -> Case:
+    """The ``pg_loss`` case whose value has, on ``logp``, the gradient ``-agg(frozen * advantages * grad log pi)``
+    under the case's own aggregation: for a loss defined by its gradient (``sg()`` inside), the value the
+    finite-difference test differentiates (``FormulaSpec.gradient_of``)."""
+    assert c.mask is not None
+    logp = tol.valid(c, "logp")
+    kwargs = {"agg": c.arg("agg"), "weights": np.where(c.mask, frozen, 0.0)}
+    if "max_tokens" in c.kwargs:
+        kwargs["max_tokens"] = c.kwargs["max_tokens"]
+    return Case("pg_loss", (logp, advantages, c.mask), ("logp", "advantages", "mask"), kwargs, c.mask, (), c.fill)
 
 
 @st.composite
