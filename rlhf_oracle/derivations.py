@@ -641,6 +641,150 @@ def _gspo_token_equals_gspo(n: int = 3) -> Derivation:
     )
 
 
+# --------------------------------------------------------------------------------------------------------------
+# critic-free advantages and DAPO shaping
+
+
+def _rloo_leave_one_out_identity() -> Derivation:
+    """RLOO's leave-one-out advantage is the group-centred score scaled by n/(n - 1), for any group size n."""
+    n, total, s = sp.symbols("n S s_i", real=True)
+    loo = s - (total - s) / (n - 1)
+    centred = n / (n - 1) * (s - total / n)
+    holds = sp.simplify(loo - centred) == 0
+    return Derivation(
+        name="rloo_leave_one_out_identity",
+        title="The leave-one-out advantage is the centred score times n/(n-1)",
+        title_zh="留一法优势等于中心化得分乘以 n/(n-1)",
+        statement=r"s_i - \frac{1}{n-1}\sum_{j\ne i} s_j = \frac{n}{n-1}\Big(s_i - \frac1n\sum_j s_j\Big)",
+        derivation=(
+            r"S := \sum_j s_j:\quad s_i - \frac{S - s_i}{n-1} = \frac{(n-1)s_i - S + s_i}{n-1} = \frac{n s_i - S}{n-1}",
+            r"\frac{n s_i - S}{n-1} = \frac{n}{n-1}\Big(s_i - \frac{S}{n}\Big)",
+        ),
+        holds=bool(holds),
+        page="critic-free",
+        exprs=MappingProxyType({"loo": loo, "centred": centred, "n": n, "S": total, "s": s}),
+    )
+
+
+def _rloo_baseline_unbiased(k: int = 3) -> Derivation:
+    """With two samples from a softmax policy over ``k`` answers, the RLOO gradient estimate is unbiased; the
+    baseline that includes the sample itself (the group mean) scales the gradient by (n - 1)/n."""
+    theta = sp.symbols(f"theta1:{k + 1}", real=True)
+    r = sp.symbols(f"r1:{k + 1}", real=True)
+    z = sum(sp.exp(t) for t in theta)
+    pi = [sp.exp(t) / z for t in theta]
+    objective = sum(p * ri for p, ri in zip(pi, r, strict=True))
+    n = 2
+
+    def expected(advantage: Callable[[int, int], sp.Expr]) -> list[sp.Expr]:
+        out = []
+        for var in theta:
+            total = sp.Integer(0)
+            for a in range(k):
+                for b in range(k):
+                    grad_a = sp.diff(sp.log(pi[a]), var)
+                    grad_b = sp.diff(sp.log(pi[b]), var)
+                    estimate = (advantage(a, b) * grad_a + advantage(b, a) * grad_b) / n
+                    total += pi[a] * pi[b] * estimate
+            out.append(total)
+        return out
+
+    exact = [sp.diff(objective, var) for var in theta]
+    loo = expected(lambda a, b: r[a] - r[b])  # the other sample is the baseline
+    self_in = expected(lambda a, b: r[a] - (r[a] + r[b]) / 2)  # the group mean, the sample included
+    holds = all(sp.simplify(e - g) == 0 for e, g in zip(loo, exact, strict=True)) and all(
+        sp.simplify(e - sp.Rational(n - 1, n) * g) == 0 for e, g in zip(self_in, exact, strict=True)
+    )
+    return Derivation(
+        name="rloo_baseline_unbiased",
+        title="The leave-one-out baseline keeps the policy gradient unbiased; the group mean shrinks it by (n-1)/n",
+        title_zh="留一基线保持策略梯度无偏；包含自身的组均值把它缩小为 (n-1)/n",
+        statement=(
+            r"\mathbb{E}\Big[\frac1n\sum_i \big(r(y_i) - \tfrac{1}{n-1}\textstyle\sum_{j\ne i} r(y_j)\big)"
+            r"\nabla\log\pi(y_i)\Big] = \nabla\,\mathbb{E}_{\pi}[r],\qquad"
+            r"\mathbb{E}\Big[\frac1n\sum_i (r(y_i) - \bar r)\nabla\log\pi(y_i)\Big]"
+            r" = \frac{n-1}{n}\nabla\,\mathbb{E}_{\pi}[r]"
+        ),
+        derivation=(
+            r"y_j \perp y_i:\ \mathbb{E}[r(y_j)\nabla\log\pi(y_i)] = \mathbb{E}[r]\,"
+            r"\mathbb{E}[\nabla\log\pi] = 0",
+            r"\text{exact enumeration: } n = 2 \text{ samples of a softmax policy over } "
+            + str(k)
+            + r" \text{ answers, symbolic logits and rewards}",
+        ),
+        holds=bool(holds),
+        page="critic-free",
+        exprs=MappingProxyType({"theta": theta, "r": r, "exact": exact, "loo": loo}),
+    )
+
+
+def _batch_std_decomposition() -> Derivation:
+    """The batch variance of raw scores = the mean within-group variance + the variance of the group means
+    (population form, equal group sizes): TRL's batch std is never below REINFORCE++-baseline's on average."""
+    s = sp.symbols("s1:7", real=True)
+    groups = [s[0:3], s[3:6]]
+
+    def mean(xs: Any) -> sp.Expr:
+        return sum(xs) / len(xs)
+
+    def var(xs: Any) -> sp.Expr:
+        mu = mean(xs)
+        return sum((x - mu) ** 2 for x in xs) / len(xs)
+
+    within = mean([var(g) for g in groups])
+    between = var([mean(g) for g in groups])
+    holds = sp.expand(var(s) - within - between) == 0
+    return Derivation(
+        name="batch_std_decomposition",
+        title="Batch variance = mean within-group variance + variance of the group means",
+        title_zh="批方差 = 组内方差的均值 + 组均值的方差",
+        statement=(
+            r"\mathrm{Var}_{batch}(s) = \underbrace{\frac1G\sum_g \mathrm{Var}_g(s)}_{\text{within}}"
+            r" + \underbrace{\mathrm{Var}_g(\bar s_g)}_{\text{between}}"
+            r" \;\ge\; \mathrm{Var}_{batch}(s - \bar s_{g})"
+        ),
+        derivation=(
+            r"s - \mu = (s - \bar s_g) + (\bar s_g - \mu),\ \text{the cross term sums to 0 within each group}",
+            r"\text{checked by sympy on 2 groups of 3 symbolic scores (population variances)}",
+        ),
+        holds=bool(holds),
+        page="critic-free",
+        exprs=MappingProxyType({"scores": s}),
+    )
+
+
+def _overlong_penalty_continuous() -> Derivation:
+    """DAPO's soft overlong penalty (eq. 13) is continuous and non-increasing, from 0 at L_max - L_cache to -f
+    at L_max."""
+    y, l_max, l_cache, f = sp.symbols("y L_max L_cache f", positive=True)
+    start = l_max - l_cache
+    ramp = (start - y) / l_cache * f
+    penalty = sp.Piecewise((0, y <= start), (ramp, y <= l_max), (-f, True))
+    holds = (
+        sp.simplify(ramp.subs(y, start)) == 0
+        and sp.simplify(ramp.subs(y, l_max) + f) == 0
+        and sp.simplify(sp.diff(ramp, y) + f / l_cache) == 0
+    )
+    return Derivation(
+        name="overlong_penalty_continuous",
+        title="The soft overlong penalty is continuous: 0 at L_max - L_cache, -f at L_max, linear in between",
+        title_zh="软超长惩罚是连续的：在 L_max - L_cache 处为 0，在 L_max 处为 -f，中间线性",
+        statement=(
+            r"R(y) = \begin{cases} 0 & |y| \le L_{max} - L_{cache} \\ \frac{(L_{max} - L_{cache}) - |y|}"
+            r"{L_{cache}} f & L_{max} - L_{cache} < |y| \le L_{max} \\ -f & |y| > L_{max} \end{cases}"
+            r"\quad\text{is continuous, with slope } -\frac{f}{L_{cache}} \le 0"
+        ),
+        derivation=(
+            r"\text{ramp at } |y| = L_{max} - L_{cache}:\ 0 \text{ (the first piece)}",
+            r"\text{ramp at } |y| = L_{max}:\ \frac{-L_{cache}}{L_{cache}} f = -f \text{ (the last piece)}",
+            r"\frac{d}{d|y|}\,\text{ramp} = -\frac{f}{L_{cache}}",
+        ),
+        holds=bool(holds),
+        page="critic-free",
+        exprs=MappingProxyType({"penalty": penalty, "y": y, "L_max": l_max, "L_cache": l_cache, "f": f}),
+    )
+
+
 _BUILDERS: dict[str, Callable[[], Derivation]] = {
     "ppo_clip_grad": _ppo_clip_grad,
     "neg_log_sigmoid_grad": _neg_log_sigmoid_grad,
@@ -658,6 +802,10 @@ _BUILDERS: dict[str, Callable[[], Derivation]] = {
     "cispo_gradient": _cispo_gradient,
     "sapo_gate_gradient": _sapo_gate_gradient,
     "gspo_token_equals_gspo": _gspo_token_equals_gspo,
+    "rloo_leave_one_out_identity": _rloo_leave_one_out_identity,
+    "rloo_baseline_unbiased": _rloo_baseline_unbiased,
+    "batch_std_decomposition": _batch_std_decomposition,
+    "overlong_penalty_continuous": _overlong_penalty_continuous,
 }
 
 

@@ -10,10 +10,17 @@ statements that pin the formulas down.
 
 from .actor import ACTOR_LOSSES as ACTOR_LOSSES
 from .actor import actor_loss as actor_loss
+from .advantages import STD_LEVELS as STD_LEVELS
 from .advantages import GAEResult as GAEResult
 from .advantages import gae as gae
 from .advantages import grpo_advantages as grpo_advantages
 from .advantages import whiten as whiten
+from .critic_free import KL_POSITIONS as KL_POSITIONS
+from .critic_free import SINGLETON_RULES as SINGLETON_RULES
+from .critic_free import reinforce_pp_advantages as reinforce_pp_advantages
+from .critic_free import reinforce_pp_baseline_advantages as reinforce_pp_baseline_advantages
+from .critic_free import remax_advantages as remax_advantages
+from .critic_free import rloo_advantages as rloo_advantages
 from .grpo_losses import cispo_loss as cispo_loss
 from .grpo_losses import gspo_loss as gspo_loss
 from .grpo_losses import sapo_loss as sapo_loss
@@ -44,6 +51,8 @@ from .rollout import IS_LEVELS as IS_LEVELS
 from .rollout import IS_MODES as IS_MODES
 from .rollout import SEQ_RATIOS as SEQ_RATIOS
 from .rollout import rollout_is_weights as rollout_is_weights
+from .shaping import dynamic_sampling_mask as dynamic_sampling_mask
+from .shaping import overlong_penalty as overlong_penalty
 from .value import value_loss as value_loss
 
 __all__ = [
@@ -53,9 +62,12 @@ __all__ = [
     "IS_MODES",
     "KL_ESTIMATORS",
     "KL_GRADIENTS",
+    "KL_POSITIONS",
     "PG_FORMS",
     "SCORE_POSITIONS",
     "SEQ_RATIOS",
+    "SINGLETON_RULES",
+    "STD_LEVELS",
     "AdaptiveKLController",
     "GAEResult",
     "actor_loss",
@@ -63,6 +75,7 @@ __all__ = [
     "aggregate",
     "cispo_loss",
     "dpo_loss",
+    "dynamic_sampling_mask",
     "entropy_from_logits",
     "gae",
     "grpo_advantages",
@@ -71,14 +84,19 @@ __all__ = [
     "kl_exact",
     "kl_loss",
     "kl_shaped_rewards",
+    "overlong_penalty",
     "pg_loss",
     "policy_loss",
     "ppo_clip_grad",
     "ppo_clip_objective",
     "ptx_loss",
     "ranking_loss",
+    "reinforce_pp_advantages",
+    "reinforce_pp_baseline_advantages",
+    "remax_advantages",
     "reward_model_loss",
     "rlhf_objective",
+    "rloo_advantages",
     "rollout_is_weights",
     "sapo_loss",
     "token_logprobs",

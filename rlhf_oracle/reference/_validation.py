@@ -127,3 +127,12 @@ def choice(fn: str, name: str, value: str, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ValueError(f"{fn}: '{name}' must be one of {tuple(choices)}, got {value!r}")
     return value
+
+
+def group_size(fn: str, value: Any, n_rows: int, minimum: int) -> int:
+    """A group size: an int >= ``minimum`` (``bool`` refused) that divides the ``n_rows`` rows of 'scores'."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{fn}: 'group_size' must be an int >= {minimum}, got {value}")
+    if n_rows % value != 0:
+        raise ValueError(f"{fn}: 'scores' has {n_rows} rows, not a multiple of group_size={value}")
+    return int(value)

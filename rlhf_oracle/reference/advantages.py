@@ -122,6 +122,10 @@ def whiten(x: Any, mask: Any, shift_mean: bool = True, unbiased: bool = True, *,
     return out
 
 
+STD_LEVELS = ("group", "batch")
+"""Over which scores :func:`grpo_advantages` takes the standard deviation."""
+
+
 def grpo_advantages(
     scores: Any,
     group_size: int,
@@ -130,6 +134,7 @@ def grpo_advantages(
     mask: Any = None,
     eps: float = 1e-6,
     unbiased: bool = True,
+    std_level: str = "group",
 ) -> FloatArray:
     r"""Group-relative outcome advantages of GRPO.
 
@@ -149,6 +154,11 @@ def grpo_advantages(
           repeated-prompt batches of TRL and verl.
         - ``unbiased=True`` (default): Bessel-corrected std, as ``torch.std`` in verl and TRL (the paper does not
           say). ``eps=1e-6`` is verl's (TRL uses 1e-4). ``group_size >= 2``.
+        - ``std_level="group"`` (default): the std of the group's scores. ``"batch"``: the group-centred scores
+          divided by the std of the *raw* scores over the whole batch (TRL ``scale_rewards="batch"``, Liu et al.
+          2025 "Lite PPO"); the batch variance is the mean within-group variance plus the variance of the group
+          means (population form), so it is never below the group's on average. (REINFORCE++-baseline instead
+          whitens the centred scores: :func:`reinforce_pp_baseline_advantages`.)
         - Group mean and variance are exactly rounded sums (``math.fsum``): scores of both signs whose mean
           cancels (e.g. [0, -2, 1, 8.48e-255, 1]) get the correctly rounded mean, not 0.
     """
@@ -161,8 +171,13 @@ def grpo_advantages(
     if s.shape[0] % group_size != 0:
         raise ValueError(f"{fn}: 'scores' has {s.shape[0]} rows, not a multiple of group_size={group_size}")
     e = v.non_negative(fn, "eps", eps)
+    std_level = v.choice(fn, "std_level", std_level, STD_LEVELS)
     v.finite(fn, "scores", s)
 
+    batch_std = 0.0
+    if std_level == "batch" and s.shape[0]:
+        batch_mean = math.fsum(s) / s.shape[0]
+        batch_std = math.sqrt(math.fsum((s - batch_mean) ** 2) / (s.shape[0] - 1 if unbiased else s.shape[0]))
     adv = np.zeros_like(s)
     for start in range(0, s.shape[0], group_size):
         group = s[start : start + group_size]
@@ -170,9 +185,11 @@ def grpo_advantages(
         centred = group - mean
         if std_normalize:
             var = math.fsum(centred**2) / (group_size - 1 if unbiased else group_size)
-            if math.sqrt(var) + e == 0.0:
-                raise ValueError(f"{fn}: group {start // group_size} has identical scores and eps=0; pass 'eps' > 0")
-            adv[start : start + group_size] = centred / (math.sqrt(var) + e)
+            std = math.sqrt(var) if std_level == "group" else batch_std
+            if std + e == 0.0:
+                where = f"group {start // group_size} has" if std_level == "group" else "the batch has"
+                raise ValueError(f"{fn}: {where} identical scores and eps=0; pass 'eps' > 0")
+            adv[start : start + group_size] = centred / (std + e)
         else:
             adv[start : start + group_size] = centred
     if mask is None:

@@ -196,3 +196,18 @@ def optional_positive_int(fn: str, name: str, value: Any) -> int | None:
             if as_int_value > 0:
                 return as_int_value
     raise ValueError(f"{fn}: '{name}' must be a positive int or None, got {value}")
+
+
+def group_size(fn: str, value: Any, n_rows: int, minimum: int) -> int:
+    """A group size: an int >= ``minimum`` (``bool`` refused) that divides the ``n_rows`` rows of 'scores'."""
+    size = None
+    if not isinstance(value, bool):
+        try:
+            size = operator.index(value)
+        except TypeError:
+            size = None
+    if size is None or size < minimum:
+        raise ValueError(f"{fn}: 'group_size' must be an int >= {minimum}, got {value}")
+    if n_rows % size != 0:
+        raise ValueError(f"{fn}: 'scores' has {n_rows} rows, not a multiple of group_size={value}")
+    return size

@@ -28,6 +28,8 @@ import torch
 
 from . import _validation as v
 
+STD_LEVELS = ("group", "batch")
+
 GAE_CHUNK = 128
 """Block length C of the chunked discounted reverse cumulative sum in :func:`gae`."""
 
@@ -199,12 +201,14 @@ def grpo_advantages(
     mask: torch.Tensor | None = None,
     eps: float = 1e-6,
     unbiased: bool = True,
+    std_level: str = "group",
 ) -> torch.Tensor:
     r"""GRPO outcome advantages :math:`(s_i - \mathrm{mean}_g)/(\mathrm{std}_g + \varepsilon)` per group of rows.
 
     Groups are consecutive blocks of ``group_size`` rows (a ``view(n_groups, group_size)``); ``std_normalize=False``
     gives ``s - mean_g`` (Dr. GRPO); std Bessel-corrected if ``unbiased``. With ``mask`` [B, T] the row value is
-    broadcast over valid tokens, 0 elsewhere. DeepSeekMath §4.1.2; see :func:`rlhf_oracle.reference.grpo_advantages`.
+    broadcast over valid tokens, 0 elsewhere. ``std_level="batch"`` divides by the std of the raw scores over the
+    whole batch (TRL ``scale_rewards="batch"``). DeepSeekMath §4.1.2; see :func:`rlhf_oracle.reference.grpo_advantages`.
 
     Shapes: ``scores`` [B] -> [B], or [B, T] with ``mask``.
     """
@@ -223,19 +227,28 @@ def grpo_advantages(
     if s.shape[0] % size != 0:
         raise ValueError(f"{fn}: 'scores' has {s.shape[0]} rows, not a multiple of group_size={group_size}")
     e = v.non_negative(fn, "eps", eps)
+    std_level = v.choice(fn, "std_level", std_level, STD_LEVELS)
     v.finite(fn, "scores", s)
 
     acc = v.acc_dtype(s.dtype)
     groups = s.to(acc).view(-1, size)
     centred = groups - groups.mean(dim=-1, keepdim=True)
     if std_normalize:
-        std = torch.sqrt(centred.square().sum(dim=-1, keepdim=True) / (size - 1 if unbiased else size))
+        if std_level == "group":
+            std = torch.sqrt(centred.square().sum(dim=-1, keepdim=True) / (size - 1 if unbiased else size))
+        else:
+            flat = groups.reshape(-1)
+            n = flat.shape[0]
+            std = torch.sqrt((flat - flat.mean()).square().sum() / (n - 1 if unbiased else n)).expand(
+                groups.shape[0], 1
+            )
         denom = std + e
         if v.value_checks_enabled() and groups.shape[0]:
             zero = denom.squeeze(-1) == 0
             if bool(zero.any()):
                 k = int(torch.nonzero(zero)[0, 0])
-                raise ValueError(f"{fn}: group {k} has identical scores and eps=0; pass 'eps' > 0")
+                where = f"group {k} has" if std_level == "group" else "the batch has"
+                raise ValueError(f"{fn}: {where} identical scores and eps=0; pass 'eps' > 0")
         centred = centred / denom
     adv = centred.reshape(-1)
     if mask is None:

@@ -1,8 +1,8 @@
 """Rules that hold for every function of the catalogue, in the reference and the torch twin alike.
 
 - B = 0 (an empty batch): a function whose output keeps the batch axis returns an empty output; a function that
-  reduces the batch to a scalar refuses it, naming ``B >= 1`` (the mean of nothing is undefined); ``whiten``'s
-  statistics refuse an empty mask.
+  reduces the batch to a scalar refuses it, naming ``B >= 1`` (the mean of nothing is undefined); the batch
+  statistics of ``whiten`` and of the estimators that whiten (REINFORCE++ and its baseline) refuse an empty mask.
 - Boolean flags are real bools: ``"no"``, ``"false"``, 0 or None are refused by name, never read as truthy.
 """
 
@@ -24,6 +24,7 @@ from rlhf_oracle.properties.registry import REGISTRY
 SCALAR = {f for f, spec in REGISTRY.items() if inspect.signature(spec.reference).return_annotation in ("float", float)}
 """The formulas that reduce the batch to one number (read from the reference's return annotation)."""
 NO_BATCH = {"adaptive_kl_update", "entropy_from_logits"}  # no batch axis of its own / drawn without one
+WHITENED = {"whiten", "reinforce_pp_advantages", "reinforce_pp_baseline_advantages"}  # batch statistics
 
 
 def _empty(a: object) -> object:
@@ -41,8 +42,8 @@ def test_empty_batch_rule(formula: str) -> None:
     args = [_empty(a) for a in case.args]
     kwargs = {k: _empty(v) for k, v in case.kwargs.items()}
     twin = getattr(T, formula)
-    if formula in SCALAR or formula == "whiten":
-        expected = "no valid token" if formula == "whiten" else "with B >= 1"
+    if formula in SCALAR or formula in WHITENED:
+        expected = "no valid token" if formula in WHITENED else "with B >= 1"
         with pytest.raises(ValueError, match=expected):
             spec.reference(*args, **kwargs)
         with pytest.raises(ValueError, match=expected):

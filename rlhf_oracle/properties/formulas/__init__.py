@@ -17,6 +17,8 @@ from . import kl as kl
 from . import rewards as rewards
 from . import reward_model as reward_model
 from . import advantages as advantages
+from . import critic_free as critic_free
+from . import shaping as shaping
 from . import value as value
 from . import kl_control as kl_control
 from . import preference as preference
@@ -26,6 +28,7 @@ from . import actor as actor
 __all__ = [
     "actor",
     "advantages",
+    "critic_free",
     "grpo_losses",
     "kl",
     "kl_control",
@@ -35,5 +38,6 @@ __all__ = [
     "reward_model",
     "rewards",
     "rollout",
+    "shaping",
     "value",
 ]

@@ -75,6 +75,7 @@ def _grpo_cases(draw: Draw, fixed: Fixed, accepted: Accepted) -> Case:
     p("std_normalize", st.booleans())
     p("unbiased", st.booleans())
     p("eps", st.sampled_from([1e-6, 1e-4]))
+    p("std_level", st.sampled_from(R.STD_LEVELS))
     if (accepted is None or "mask" in accepted) and draw(st.booleans()):
         t = draw(st.integers(1, 6))
         p.kwargs["mask"] = draw(masks(b, t, min_valid=1))
@@ -113,7 +114,8 @@ def _tol_grpo(c: Case) -> Conditioning:
     # which is 0 when the scores cancel
     size = np.abs(groups) + np.abs(groups).mean(1, keepdims=True)
     if c.arg("std_normalize"):
-        std = groups.std(1, ddof=1 if c.arg("unbiased") else 0, keepdims=True)
+        ddof = 1 if c.arg("unbiased") else 0
+        std = groups.std(1, ddof=ddof, keepdims=True) if c.arg("std_level") == "group" else s.std(ddof=ddof)
         size = size / (std + float(c.arg("eps")))
     flat = size.reshape(-1)
     mask = c.arg("mask")
@@ -253,13 +255,16 @@ def _grpo_np(c: Case, variant: str) -> np.ndarray:
     groups = s.reshape(-1, g) if variant != "strided groups" else s.reshape(g, -1).T
     mean = groups.mean(1, keepdims=True)
     ddof = 1 if unbiased else 0
+    batch = c.arg("std_level") == "batch"
     with np.errstate(all="ignore"):
-        if variant == "batch std":
-            std = s.std(ddof=ddof)
+        if variant == "batch std of the centred scores (REINFORCE++-baseline)":
+            if not batch:
+                raise NotImplementedError(variant)
+            std = (groups - mean).std(ddof=ddof)
         elif variant == "eps inside the sqrt":
-            std = np.sqrt(groups.var(1, ddof=ddof, keepdims=True) + eps) - eps
+            std = np.sqrt((s.var(ddof=ddof) if batch else groups.var(1, ddof=ddof, keepdims=True)) + eps) - eps
         else:
-            std = groups.std(1, ddof=ddof, keepdims=True)
+            std = s.std(ddof=ddof) if batch else groups.std(1, ddof=ddof, keepdims=True)
         adv = (groups - mean) / (std + eps) if std_normalize else groups - mean
     flat = adv.reshape(-1) if variant != "strided groups" else adv.T.reshape(-1)
     mask = c.arg("mask")
@@ -274,10 +279,14 @@ def _grpo_variants() -> list[Variant]:
         convention(R.grpo_advantages, "unbiased", True, "Bessel-corrected std (torch.std: verl, TRL)"),
         convention(R.grpo_advantages, "std_normalize", False, "mean-centred only (Dr. GRPO)"),
         convention(R.grpo_advantages, "std_normalize", True, "normalised by the group std (DeepSeekMath)"),
-    ]
+        convention(R.grpo_advantages, "std_level", "batch", "group mean but the std of the raw scores over the "
+                   "batch (TRL scale_rewards='batch', Lite PPO)"),
+        convention(R.grpo_advantages, "std_level", "group", "the std of the group (TRL scale_rewards='group')"),
+    ]  # fmt: skip
     described = {
         "strided groups": "row i in group i mod n_groups instead of consecutive blocks",
-        "batch std": "group mean but batch std (TRL scale_rewards='batch')",
+        "batch std of the centred scores (REINFORCE++-baseline)": "the std of the group-centred scores over the "
+        "batch, not of the raw scores: smaller by the between-group variance",
         "eps inside the sqrt": "sqrt(var + eps) instead of std + eps",
     }
     out += [Variant(name, d, functools.partial(by_name, _grpo_np, name)) for name, d in described.items()]
@@ -346,8 +355,8 @@ GRPO_ADVANTAGES = register(
         equation="DeepSeekMath §4.1.2",
         docs_page="advantages",
         derivations=(),
-        conventions=("std_normalize", "unbiased", "eps"),
+        conventions=("std_normalize", "unbiased", "eps", "std_level"),
         variants=tuple(_grpo_variants()),
-        bad_hyper=(("group_size", 1), ("eps", -1.0)),
+        bad_hyper=(("group_size", 1), ("eps", -1.0), ("std_level", "token")),
     )
 )
