@@ -733,7 +733,8 @@ def _batch_std_decomposition() -> Derivation:
 
     within = mean([var(g) for g in groups])
     between = var([mean(g) for g in groups])
-    holds = sp.expand(var(s) - within - between) == 0
+    centred = [x - mean(g) for g in groups for x in g]
+    holds = sp.expand(var(s) - within - between) == 0 and sp.expand(var(centred) - within) == 0
     return Derivation(
         name="batch_std_decomposition",
         title="Batch variance = mean within-group variance + variance of the group means",
@@ -745,6 +746,8 @@ def _batch_std_decomposition() -> Derivation:
         ),
         derivation=(
             r"s - \mu = (s - \bar s_g) + (\bar s_g - \mu),\ \text{the cross term sums to 0 within each group}",
+            r"\mathrm{Var}_{batch}(s - \bar s_g) = \text{within}\ (\text{the centred scores have mean 0}),"
+            r"\ \text{so the inequality is } \text{between} \ge 0",
             r"\text{checked by sympy on 2 groups of 3 symbolic scores (population variances)}",
         ),
         holds=bool(holds),

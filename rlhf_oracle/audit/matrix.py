@@ -40,7 +40,7 @@ def _phrase(line: str) -> str:
     if line.startswith("regime: "):
         return ""
     for prefix in ("where it runs, it differs too: ", ""):
-        if line.startswith(prefix + "matches ") and not line.startswith(prefix + "matches no"):
+        if line.startswith(prefix + "matches ") and not line.startswith(prefix + "matches no documented"):
             name = line[len(prefix) + len("matches ") :].split(", not ", 1)[0]
             return ("elsewhere " if prefix else "") + name
     if "where the reference raises" in line:

@@ -71,7 +71,7 @@ def low_precision(ctx: Context, failure: Failure, dtype: torch.dtype) -> tuple[t
         out = candidate_call(ctx.fn, failure.case, dtype, ctx.device, ctx.accepted)
     except Exception:
         return None
-    dts = [d for d in output_dtypes(out) if d is not None]
+    dts = [d for d in output_dtypes(out) if d is not None and d.is_floating_point]
     lowest = min(dts, key=lambda d: d.itemsize) if dts else None
     if lowest is None or lowest.itemsize >= 8:
         return None  # (a float64 result computed in float32 inside is not distinguishable from a small error)

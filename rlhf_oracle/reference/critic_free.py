@@ -81,7 +81,8 @@ def rloo_advantages(scores: Any, group_size: int, *, singleton: str = "error", m
           0/0): ``"error"`` (default) refuses it, as OpenRLHF asserts n > 1; ``"zero"`` gives A = 0, as TRL's
           ``RLOOTrainer`` and verl's ``rloo_vectorized``; ``"score"`` gives A = s (the score unchanged), as
           verl's ``rloo``. The two verl estimators disagree.
-        - The sum of the others is an exactly rounded sum (``math.fsum``): no cancellation error.
+        - Computed as the mean of the differences :math:`s_i - s_j` over the others, with an exactly rounded sum
+          (``math.fsum``): no cancellation error, and exactly 0 for a group of equal scores.
         - No KL here: TRL puts beta times the sequence k1 into the score before the baseline; pass that score.
     """
     fn = "rloo_advantages"
@@ -101,9 +102,10 @@ def rloo_advantages(scores: Any, group_size: int, *, singleton: str = "error", m
             if n == 1:
                 adv[i] = s[i] if singleton == "score" else 0.0
                 continue
+            # s_i - mean(others) = the mean over the others of (s_i - s_j), summed exactly (math.fsum of n - 1
+            # copies of s_i and the -s_j): one rounding, and exactly 0 when the group's scores are all equal
             others = [s[j] for j in range(start, start + n) if j != i]
-            baseline = math.fsum(others) / (n - 1)
-            adv[i] = s[i] - baseline
+            adv[i] = math.fsum([s[i]] * (n - 1) + [-x for x in others]) / (n - 1)
     return adv if mask is None else _broadcast(fn, adv, mask)
 
 

@@ -560,6 +560,182 @@ def _weighted_ppo(*, detach: bool = True) -> Callable[..., Tensor]:
     return policy_loss
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# critic-free advantages and DAPO shaping (plain loops over groups and tokens: readable, not fast)
+
+
+def _rloo(
+    *, self_in_baseline: bool = False, divide_by_n: bool = False, singleton: str = "nan"
+) -> Callable[..., Tensor]:
+    """RLOO as TRL/OpenRLHF write it, (sum - s) / (n - 1), with one bug switched on; a group of one gets NaN (TRL
+    before its nan_to_num), 0 or its score."""
+
+    def rloo_advantages(scores: Tensor, group_size: int) -> Tensor:
+        groups = scores.view(-1, group_size)
+        total = groups.sum(-1, keepdim=True)
+        n = group_size
+        if n == 1 and singleton != "nan":
+            return (groups if singleton == "score" else torch.zeros_like(groups)).reshape(-1)
+        if self_in_baseline:
+            baseline = total / n
+        else:
+            baseline = (total - groups) / (n if divide_by_n else (n - 1))
+        return (groups - baseline).reshape(-1)
+
+    return rloo_advantages
+
+
+def _returns(rewards: Tensor, mask: Tensor, gamma: float, *, holes: str = "skip", carry_rows: bool = False) -> Tensor:
+    """Return-to-go by a reverse loop over tokens; ``holes``: "skip" (carried past), "reset" (verl's old
+    ``running *= mask``); ``carry_rows``: one running return over the flattened batch (never reset per row)."""
+    m = mask.bool()
+    out = torch.zeros_like(rewards)
+    running = torch.zeros(rewards.shape[0], dtype=rewards.dtype)
+    carried = torch.zeros((), dtype=rewards.dtype)
+    for b in reversed(range(rewards.shape[0])) if carry_rows else [None]:
+        rows = [b] if b is not None else list(range(rewards.shape[0]))
+        run = carried.expand(len(rows)).clone() if carry_rows else running
+        for t in reversed(range(rewards.shape[1])):
+            valid = m[rows, t]
+            new = rewards[rows, t] + gamma * run
+            out[rows, t] = torch.where(valid, new, torch.zeros_like(new))
+            if holes == "reset":
+                run = torch.where(valid, new, torch.zeros_like(new))
+            else:
+                run = torch.where(valid, new, run)
+        if carry_rows:
+            carried = run[0]
+    return out
+
+
+def _masked_whiten(x: Tensor, mask: Tensor, unbiased: bool = True, eps: float = 1e-8) -> Tensor:
+    m = mask.bool()
+    vals = x[m]
+    mean = vals.mean()
+    var = vals.var(unbiased=unbiased)
+    return _where0(m, (x - mean) / torch.sqrt(var + eps))
+
+
+def _reinforce_pp(*, holes: str = "skip", carry_rows: bool = False, whiten: bool = True) -> Callable[..., Tensor]:
+    """REINFORCE++ as verl writes it (return-to-go, masked_whiten with Bessel), with one bug switched on."""
+
+    def reinforce_pp_advantages(rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
+        g = _returns(_where0(mask.bool(), rewards), mask, gamma, holes=holes, carry_rows=carry_rows)
+        return _masked_whiten(g, mask) if whiten else _where0(mask.bool(), g)
+
+    return reinforce_pp_advantages
+
+
+def _orl_reinforce_pp(rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
+    """OpenRLHF's reinforce: rewards times the mask, a plain reverse loop, population variance floored at 1e-8."""
+    m = mask.to(rewards.dtype)
+    r = _where0(mask.bool(), rewards) * m
+    ret = torch.zeros_like(r)
+    running = torch.zeros(r.shape[0], dtype=r.dtype)
+    for t in reversed(range(r.shape[1])):
+        running = r[:, t] + gamma * running
+        ret[:, t] = running
+    n = m.sum()
+    mean = (ret * m).sum() / n
+    var = ((ret - mean) ** 2 * m).sum() / n
+    return _where0(mask.bool(), (ret - mean) * var.clamp(min=1e-8).rsqrt())
+
+
+def _rpp_baseline(*, kl_before: bool = False, group_std: bool = False, singleton_keeps: bool = False,
+                  whiten: bool = True) -> Callable[..., Tensor]:  # fmt: skip
+    """REINFORCE++-baseline, OpenRLHF order (group mean, then the KL as a return-to-go, then whitening), with one
+    change switched on."""
+
+    def reinforce_pp_baseline_advantages(scores: Tensor, group_size: int, mask: Tensor,
+                                         kl_rewards: Tensor | None = None) -> Tensor:  # fmt: skip
+        m = mask.bool()
+        k = torch.zeros(m.shape, dtype=scores.dtype) if kl_rewards is None else _where0(m, kl_rewards)
+        s = scores + k.sum(-1) if kl_before else scores
+        groups = s.view(-1, group_size)
+        if singleton_keeps and group_size == 1:
+            centred = groups
+        else:
+            centred = groups - groups.mean(-1, keepdim=True)
+            if group_std:
+                centred = centred / (groups.std(-1, keepdim=True) + 1e-6)
+        x = _where0(m, centred.reshape(-1, 1).expand(m.shape))
+        if not kl_before:
+            x = x + _returns(k, m, 1.0)
+        return _masked_whiten(x, m) if whiten and not group_std else x
+
+    return reinforce_pp_baseline_advantages
+
+
+def _remax(*, add: bool = False, token_only: bool = False, carry_rows: bool = False,
+           at_holes: bool = False) -> Callable[..., Tensor]:  # fmt: skip
+    """ReMax: return-to-go minus the greedy score, with one bug switched on (``at_holes``: verl's reverse cumsum of
+    r * mask, whose value at a hole is the sum of the rewards after it)."""
+
+    def remax_advantages(rewards: Tensor, mask: Tensor, baseline_scores: Tensor) -> Tensor:
+        m = mask.bool()
+        r = _where0(m, rewards)
+        b = baseline_scores[:, None]
+        if at_holes:
+            g = r.flip(-1).cumsum(-1).flip(-1)
+            return g - b * m.to(r.dtype)
+        g = r if token_only else _returns(r, m, 1.0, carry_rows=carry_rows)
+        return _where0(m, g + b if add else g - b)
+
+    return remax_advantages
+
+
+def _overlong(*, cap: bool = True, ramp_over_max: bool = False, hard: bool = False) -> Callable[..., Tensor]:
+    """DAPO's overlong penalty written as the frameworks do (exceed length, min with 0), one change switched on."""
+
+    def overlong_penalty(lengths: Tensor, max_length: int, cache_length: int, factor: float = 1.0) -> Tensor:
+        n = lengths.to(torch.float64) if not lengths.is_floating_point() else lengths
+        expected = max_length - cache_length
+        if hard:
+            return torch.where(n > max_length, -factor * torch.ones_like(n), torch.zeros_like(n))
+        exceed = n - expected
+        if cap:
+            exceed = exceed.clamp(max=cache_length)
+        penalty = -exceed / (max_length if ramp_over_max else cache_length) * factor
+        return penalty.clamp(max=0.0)
+
+    return overlong_penalty
+
+
+def _dynamic(*, keep_singletons: bool = False, inverted: bool = False, mean_range: bool = False,
+             bessel_std: bool = False) -> Callable[..., Tensor]:  # fmt: skip
+    """Dynamic sampling: a group is kept when its scores are not all equal; one change switched on."""
+
+    def dynamic_sampling_mask(scores: Tensor, group_size: int, tol: float = 0.0) -> Tensor:
+        groups = scores.view(-1, group_size)
+        if mean_range:
+            mean = groups.mean(-1)
+            keep = (mean > 0) & (mean < 1)
+        elif bessel_std and group_size > 1:
+            keep = groups.std(-1) > tol
+        else:
+            keep = (groups.max(-1).values - groups.min(-1).values) > tol
+        if keep_singletons and group_size == 1:
+            keep = torch.ones_like(keep)
+        if inverted:
+            keep = ~keep
+        return keep.repeat_interleave(group_size)
+
+    return dynamic_sampling_mask
+
+
+def _grpo_batch_std(*, centred_std: bool = False) -> Callable[..., Tensor]:
+    """GRPO with a batch-level std (TRL scale_rewards='batch'); ``centred_std``: the std of the group-centred scores
+    (REINFORCE++-baseline's scale) instead of the raw scores'."""
+
+    def grpo_advantages(scores: Tensor, group_size: int, eps: float = 1e-6) -> Tensor:
+        groups = scores.view(-1, group_size)
+        centred = groups - groups.mean(-1, keepdim=True)
+        std = centred.reshape(-1).std() if centred_std else scores.std()
+        return (centred / (std + eps)).reshape(-1)
+
+    return grpo_advantages
+
+
 MUTANTS: list[Mutant] = [
     Mutant("max instead of min", "policy_loss", _policy_loss(pick=torch.maximum), "sign/bound inversion",
            "max instead of min"),
@@ -694,6 +870,53 @@ MUTANTS: list[Mutant] = [
            "where() forgotten", "masked positions",
            {"level": "sequence", "mode": "mask", "upper": 3.0, "lower": None, "seq_ratio": "product"},
            "masked_outputs"),
+    Mutant("RLOO baseline includes the sample itself", "rloo_advantages", _rloo(self_in_baseline=True),
+           "the group mean as the baseline (a Dr. GRPO advantage)", "the sample in its own baseline"),
+    Mutant("RLOO divides the others' sum by n", "rloo_advantages", _rloo(divide_by_n=True),
+           "sum of the n - 1 others / n", "divided by n, not n - 1"),
+    Mutant("RLOO gives NaN for a group of one", "rloo_advantages", _rloo(), "(s - s) / 0 for a singleton group "
+           "(TRL before nan_to_num)", "NaN for a group of one", {"singleton": "zero"}),
+    Mutant("REINFORCE++ return reset at holes", "reinforce_pp_advantages", _reinforce_pp(holes="reset"),
+           "running_return *= mask (verl before its multi-turn fix)", "reset at holes"),
+    Mutant("REINFORCE++ return carried into the next sequence", "reinforce_pp_advantages",
+           _reinforce_pp(carry_rows=True), "one running return over the flattened batch",
+           "return carried into the next sequence"),
+    Mutant("REINFORCE++ not whitened", "reinforce_pp_advantages", _reinforce_pp(whiten=False),
+           "the global normalisation forgotten", "not whitened"),
+    Mutant("REINFORCE++ with OpenRLHF's floored population variance", "reinforce_pp_advantages", _orl_reinforce_pp,
+           "clamp(min=1e-8).rsqrt() of the population variance where Bessel + eps is asked",
+           "variance floored at 1e-8"),
+    Mutant("REINFORCE++-baseline with the KL before the baseline", "reinforce_pp_baseline_advantages",
+           _rpp_baseline(kl_before=True), "verl's order where OpenRLHF's is asked", "kl_position='before'"),
+    Mutant("REINFORCE++-baseline divided by the group std", "reinforce_pp_baseline_advantages",
+           _rpp_baseline(group_std=True), "GRPO's scale instead of the batch whitening", "divided by the group std"),
+    Mutant("REINFORCE++-baseline keeps a singleton's score", "reinforce_pp_baseline_advantages",
+           _rpp_baseline(singleton_keeps=True), "verl's group mean 0 for a group of one",
+           "a group of one keeps its score"),
+    Mutant("REINFORCE++-baseline not whitened", "reinforce_pp_baseline_advantages", _rpp_baseline(whiten=False),
+           "the batch whitening forgotten", "not whitened"),
+    Mutant("ReMax baseline added", "remax_advantages", _remax(add=True), "+ b for - b", "baseline added"),
+    Mutant("ReMax on the token reward", "remax_advantages", _remax(token_only=True),
+           "r_t - b without the return-to-go", "token reward, not the return-to-go"),
+    Mutant("ReMax return carried into the next sequence", "remax_advantages", _remax(carry_rows=True),
+           "one running return over the flattened batch", "return carried into the next sequence"),
+    Mutant("ReMax advantage at the holes (verl)", "remax_advantages", _remax(at_holes=True),
+           "the reverse cumsum of r * mask left at masked positions", "masked positions", {}, "masked_outputs"),
+    Mutant("overlong penalty without the cap (verl)", "overlong_penalty", _overlong(cap=False),
+           "min(-excess / buffer * f, 0): below -f past max_length", "no cap beyond max_length"),
+    Mutant("overlong penalty ramp over max_length", "overlong_penalty", _overlong(ramp_over_max=True),
+           "the excess divided by the limit instead of the buffer", "ramp over max_length"),
+    Mutant("overlong penalty without the soft ramp", "overlong_penalty", _overlong(hard=True),
+           "only the hard -f past the limit", "hard punishment"),
+    Mutant("dynamic sampling keeps groups of one (verl)", "dynamic_sampling_mask", _dynamic(keep_singletons=True),
+           "len(values) > 1 needed to call a group constant", "a group of one kept"),
+    Mutant("dynamic sampling inverted", "dynamic_sampling_mask", _dynamic(inverted=True),
+           "the groups with no gradient kept", "inverted"),
+    Mutant("dynamic sampling by the mean reward (OpenRLHF)", "dynamic_sampling_mask", _dynamic(mean_range=True),
+           "mean reward in (0, 1) on real-valued rewards", "mean strictly inside (0, 1)"),
+    Mutant("batch std of the centred scores where TRL's batch std is asked", "grpo_advantages",
+           _grpo_batch_std(centred_std=True), "REINFORCE++-baseline's scale for scale_rewards='batch'",
+           "batch std of the centred scores", {"std_level": "batch"}),
 ]  # fmt: skip
 """Wrong implementations: each must be rejected, with the named diagnosis."""
 
@@ -711,6 +934,10 @@ class Variant3P:
 
 
 THIRD_PARTY: list[Variant3P] = [
+    Variant3P("verl rloo: a group of one keeps its score", "rloo_advantages", _rloo(singleton="score"),
+              "singleton='score'", {"singleton": "score"}, {"singleton": "zero"}),
+    Variant3P("TRL scale_rewards='batch'", "grpo_advantages", _grpo_batch_std(), "std_level='batch'",
+              {"std_level": "batch"}),
     Variant3P("token-mean policy loss (verl/OpenRLHF default)", "policy_loss", _policy_loss(reduce=_token_mean),
               "matches agg='token-mean'", {"agg": "token-mean"}),
     Variant3P("population-variance whitening (OpenRLHF)", "whiten", _whiten(population=True), "unbiased=False",

@@ -330,6 +330,8 @@ def _rppb_np(c: Case, variant: str) -> np.ndarray:
                 raise NotImplementedError(variant)
             centred = groups
         elif variant == "batch mean, not group mean":
+            if n == 1:  # (for groups of one the same reading as the singleton convention, which names it)
+                raise NotImplementedError(variant)
             centred = groups - s.mean()
         elif variant == "divided by the group std":
             centred = (groups - groups.mean(1, keepdims=True)) / (groups.std(1, ddof=1, keepdims=True) + 1e-6)
