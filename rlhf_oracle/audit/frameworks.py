@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import critic_free
 from .loader import load, load_method
 
 __all__ = ["FRAMEWORKS", "PINS", "AuditEntry", "entries"]
@@ -139,8 +140,9 @@ def _load_sources(source: str, root: Path) -> dict[str, SimpleNamespace]:
 
 
 def load_source(source: str, root: Path) -> dict[str, SimpleNamespace]:
-    """The loaded modules of one pinned source, unpacked at ``root``."""
-    return _load_sources(source, root)
+    """The loaded modules of one pinned source, unpacked at ``root`` (with its critic-free estimators)."""
+    modules = _load_sources(source, root)
+    return {**modules, **critic_free.load_sources(source, root, modules)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -686,6 +688,7 @@ def _entries() -> list[AuditEntry]:
           {"agg": "token-mean"}),
         e("trl", "trl-legacy", "trl.trainer.utils:AdaptiveKLController.update (0.11.4)", "adaptive_kl_update",
           _adaptive(lambda m: m["trainer_utils"].AdaptiveKLController)),
+        *critic_free.entries(AuditEntry),
     ]  # fmt: skip
 
 

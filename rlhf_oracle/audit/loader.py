@@ -104,6 +104,7 @@ def load_method(
     overrides: dict[str, Any] | None = None,
     *,
     block: tuple[str, tuple[str, ...], str] | None = None,
+    span: tuple[str, str, tuple[str, ...], str] | None = None,
 ) -> Callable[..., Any]:
     """The method ``cls.method`` of the source file ``path`` as a plain function of ``(self, ...)``, with the
     top-level helpers it needs; the class itself (its base classes, its other methods) is not loaded.
@@ -112,17 +113,29 @@ def load_method(
     whose condition reads ``condition`` (as ``ast.unparse`` prints it) and that assigns ``result`` (exactly one
     such block must exist), as a function of ``(self, *parameters)``
     returning the local ``result``: the statements a trainer runs inline, run verbatim.
+
+    ``span = (first, last, parameters, result)``: the consecutive statements of the method's body from the one
+    whose source starts with ``first`` to the one starting with ``last`` (both included), as such a function.
     """
     tree = ast.parse(Path(path).read_text(encoding="utf-8"), filename=str(path))
     top = _top_level(tree)
     klass = top.get(cls)
     if not isinstance(klass, ast.ClassDef):
         raise LookupError(f"{path}: no top-level class {cls}")
-    found = [n for n in klass.body if isinstance(n, ast.FunctionDef) and n.name == method]
+    found = [n for n in klass.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == method]
     if not found:
         raise LookupError(f"{path}: {cls} has no method {method}")
     fn = found[0]
     fn.decorator_list = []
+    if span is not None:
+        first, last, params, result = span
+        texts = [ast.unparse(n) for n in fn.body]
+        starts = [i for i, t in enumerate(texts) if t.startswith(first)]
+        ends = [i for i, t in enumerate(texts) if t.startswith(last)]
+        if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
+            raise LookupError(f"{path}: {cls}.{method} has no single span from {first!r} to {last!r}")
+        return _run(path, tree, top, [_as_function(method, params, result, fn.body[starts[0] : ends[0] + 1])],
+                    [method], overrides)[method]  # type: ignore[no-any-return]  # fmt: skip
     if block is not None:
         condition, params, result = block
         ifs = [
@@ -133,10 +146,16 @@ def load_method(
         ]  # fmt: skip
         if len(ifs) != 1:
             raise LookupError(f"{path}: {cls}.{method} has {len(ifs)} `if {condition}:` blocks assigning {result}")
-        args = ast.arguments(posonlyargs=[], args=[ast.arg(a) for a in ("self", *params)], kwonlyargs=[],
-                             kw_defaults=[], defaults=[])  # fmt: skip
-        ret = ast.Return(value=ast.Name(id=result, ctx=ast.Load()))
-        fn = ast.FunctionDef(name=method, args=args, body=[*ifs[0].body, ret], decorator_list=[], returns=None)
-        ast.fix_missing_locations(fn)
-        ast.copy_location(fn, ifs[0])
+        fn = _as_function(method, params, result, ifs[0].body)
     return _run(path, tree, top, [fn], [method], overrides)[method]  # type: ignore[no-any-return]
+
+
+def _as_function(name: str, params: tuple[str, ...], result: str, body: list[ast.stmt]) -> ast.FunctionDef:
+    """``def name(self, *params): <body>; return result`` (the statements kept verbatim, with their lines)."""
+    args = ast.arguments(posonlyargs=[], args=[ast.arg(a) for a in ("self", *params)], kwonlyargs=[],
+                         kw_defaults=[], defaults=[])  # fmt: skip
+    ret = ast.Return(value=ast.Name(id=result, ctx=ast.Load()))
+    fn = ast.FunctionDef(name=name, args=args, body=[*body, ret], decorator_list=[], returns=None)
+    ast.fix_missing_locations(fn)
+    ast.copy_location(fn, body[0])
+    return fn

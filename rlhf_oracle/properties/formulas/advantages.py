@@ -261,6 +261,20 @@ def _grpo_np(c: Case, variant: str) -> np.ndarray:
             if not batch:
                 raise NotImplementedError(variant)
             std = (groups - mean).std(ddof=ddof)
+        elif variant == "Bessel factor n/(n-1) rounded to float32 (TRL nanstd)":
+            if not unbiased:
+                raise NotImplementedError(variant)
+            k = s.size if batch else g
+            factor = float(np.float32(k) / np.float32(k - 1))  # an int64 count divided in torch: float32
+            std = np.sqrt((s.var() if batch else groups.var(1, keepdims=True)) * factor)
+        elif variant == "statistics in float32 (verl group_mean_std)":
+            g32 = (s.reshape(1, -1) if batch else groups).astype(np.float32)
+            mean32 = g32.sum(1, dtype=np.float32, keepdims=True) / np.float32(g32.shape[1])
+            d32 = g32 - mean32
+            var32 = (d32 * d32).sum(1, dtype=np.float32, keepdims=True) / np.float32(g32.shape[1] - ddof)
+            mean = mean32.astype(np.float64) if not batch else mean
+            # std + eps is a float32 tensor plus a Python float: float32, then divides the float64 scores
+            std = (np.sqrt(var32) + np.float32(eps)).astype(np.float64) - eps
         elif variant == "eps inside the sqrt":
             std = np.sqrt((s.var(ddof=ddof) if batch else groups.var(1, ddof=ddof, keepdims=True)) + eps) - eps
         else:
@@ -288,6 +302,11 @@ def _grpo_variants() -> list[Variant]:
         "batch std of the centred scores (REINFORCE++-baseline)": "the std of the group-centred scores over the "
         "batch, not of the raw scores: smaller by the between-group variance",
         "eps inside the sqrt": "sqrt(var + eps) instead of std + eps",
+        "statistics in float32 (verl group_mean_std)": "the group mean and std of the scores cast to float32 "
+        "(verl's grpo_vectorized: group_mean_std works in float32), applied to the float64 scores",
+        "Bessel factor n/(n-1) rounded to float32 (TRL nanstd)": "the population variance times count / (count - 1) "
+        "of an integer count, which torch divides in float32 (TRL's nanstd): a float64 result off by one float32 "
+        "rounding",
     }
     out += [Variant(name, d, functools.partial(by_name, _grpo_np, name)) for name, d in described.items()]
     return out

@@ -25,7 +25,7 @@ from hypothesis.extra import numpy as hnp
 from rlhf_oracle import reference as R
 
 from .. import tolerances as tol
-from ..axes.groups import draw_group_size, group_scores, returns_to_go
+from ..axes.groups import WHITENINGS, draw_group_size, group_scores, returns_to_go, whiten_by
 from ..cases import Accepted, Case, Draw, Fixed, Params, advantages_like, fill_padding, floats, masks
 from ..registry import Conditioning, FormulaSpec, register
 from ..variants import Variant, by_name, convention, where
@@ -255,40 +255,26 @@ def _rloo_variants() -> list[Variant]:
 
 def _rpp_np(c: Case, variant: str) -> np.ndarray:
     assert c.mask is not None
-    r, m = np.asarray(c.named()["rewards"], dtype=np.float64), c.mask
+    r, m = where(c.mask, np.asarray(c.named()["rewards"], dtype=np.float64)), c.mask
     gamma, unbiased, eps = float(c.arg("gamma")), bool(c.arg("unbiased")), float(c.arg("eps"))
     g = np.zeros_like(r)
-    with np.errstate(all="ignore"):
-        if variant in ("zero-filled holes", "reset at holes"):
-            for b in range(r.shape[0]):
-                running = 0.0
-                valid = np.flatnonzero(m[b])
-                for t in range(valid[-1] if valid.size else -1, -1, -1):
-                    if m[b, t]:
-                        running = r[b, t] + gamma * running
-                        g[b, t] = running
-                    elif variant == "zero-filled holes":
-                        running = gamma * running
-                    else:
-                        running = 0.0
-        elif variant == "return carried into the next sequence":
+    if variant in ("zero-filled holes", "reset at holes"):
+        for b in range(r.shape[0]):
             running = 0.0
-            for b in reversed(range(r.shape[0])):
-                for t in reversed(np.flatnonzero(m[b])):
+            valid = np.flatnonzero(m[b])
+            for t in range(valid[-1] if valid.size else -1, -1, -1):
+                if m[b, t]:
                     running = r[b, t] + gamma * running
                     g[b, t] = running
-        else:
-            g = returns_to_go(where(m, r), m, gamma)
-        if variant == "not whitened":
-            return where(m, g)
-        vals = g[m]
-        mu = vals.mean()
-        var = vals.var(ddof=1 if unbiased else 0)
-        if variant == "variance floored at 1e-8 (OpenRLHF)":
-            return where(m, (g - mu) / np.sqrt(max(vals.var(), 1e-8)))
-        if variant == "not centred":
-            return where(m, g / np.sqrt(var + eps))
-        return where(m, (g - mu) / np.sqrt(var + eps))
+                else:
+                    running = gamma * running if variant == "zero-filled holes" else 0.0
+    elif variant == "return carried into the next sequence":
+        g = returns_to_go(r.reshape(1, -1), m.reshape(1, -1), gamma).reshape(r.shape)
+    else:
+        g = returns_to_go(r, m, gamma)
+    if variant == "not whitened":
+        return where(m, g)
+    return whiten_by(g, m, variant if variant in WHITENINGS else "", unbiased, eps)
 
 
 def _rpp_variants() -> list[Variant]:
@@ -297,8 +283,7 @@ def _rpp_variants() -> list[Variant]:
         convention(R.reinforce_pp_advantages, "unbiased", True, "Bessel-corrected variance (verl masked_whiten)"),
     ]
     described = {
-        "variance floored at 1e-8 (OpenRLHF)": "population variance, clamp(min=1e-8).rsqrt() instead of +eps "
-        "inside the sqrt (OpenRLHF reinforce)",
+        **WHITENINGS,
         "zero-filled holes": "the rewards multiplied by the mask and the return run through the holes, discounted "
         "once more per hole (OpenRLHF get_cumulative_returns); the same for gamma = 1",
         "reset at holes": "the running return restarted at every masked position (`running *= mask`): the tokens "
@@ -306,7 +291,6 @@ def _rpp_variants() -> list[Variant]:
         "return carried into the next sequence": "one running return over the whole flattened batch, never reset "
         "between rows: the last token of a row gets the next row's return",
         "not whitened": "the return-to-go itself (no batch normalisation)",
-        "not centred": "divided by the batch std but the mean not subtracted",
     }
     out += [Variant(name, d, functools.partial(by_name, _rpp_np, name)) for name, d in described.items()]
     return out
@@ -325,7 +309,7 @@ def _rppb_np(c: Case, variant: str) -> np.ndarray:
         s = s + kk.sum(1)
     groups = s.reshape(-1, n)
     with np.errstate(all="ignore"):
-        if variant == "a group of one keeps its score (verl)":
+        if variant.startswith("a group of one keeps its score (verl)"):
             if n != 1:
                 raise NotImplementedError(variant)
             centred = groups
@@ -340,14 +324,14 @@ def _rppb_np(c: Case, variant: str) -> np.ndarray:
         x = where(m, centred.reshape(-1)[:, None])
         if not before:
             x = x + returns_to_go(kk, m, 1.0)
-        if variant in ("not whitened", "divided by the group std"):
-            return where(m, x)
-        vals = x[m]
-        mu = vals.mean()
-        if variant == "variance floored at 1e-8 (OpenRLHF)":
-            return where(m, (x - mu) / np.sqrt(max(vals.var(), 1e-8)))
-        var = vals.var(ddof=1 if unbiased else 0)
-        return where(m, (x - mu) / np.sqrt(var + eps))
+    if variant in ("not whitened", "divided by the group std"):
+        return where(m, x)
+    if variant == _VERL_SINGLETON:
+        return whiten_by(x, m, "+1e-8 in the count (verl masked_whiten)", unbiased, eps)
+    return whiten_by(x, m, variant if variant in WHITENINGS else "", unbiased, eps)
+
+
+_VERL_SINGLETON = "a group of one keeps its score (verl), whitened by masked_whiten (+1e-8 in the count)"
 
 
 def _rppb_variants() -> list[Variant]:
@@ -360,7 +344,7 @@ def _rppb_variants() -> list[Variant]:
                    "score, the KL rewards added after it as a return-to-go (OpenRLHF)"),
     ]  # fmt: skip
     described = {
-        "variance floored at 1e-8 (OpenRLHF)": "population variance, clamp(min=1e-8).rsqrt() (OpenRLHF)",
+        **WHITENINGS,
         "a group of one keeps its score (verl)": "a group of one takes its mean as 0, so keeps its score before "
         "the whitening (verl's id2mean = 0)",
         "batch mean, not group mean": "the score minus the batch mean (OpenRLHF flash_reinforce)",
@@ -368,6 +352,9 @@ def _rppb_variants() -> list[Variant]:
         "not whitened": "the centred score itself (Dr. GRPO's advantage)",
     }
     out += [Variant(name, d, functools.partial(by_name, _rppb_np, name)) for name, d in described.items()]
+    out.append(Variant(_VERL_SINGLETON, "verl's whole reading: a group of one keeps its score and masked_whiten "
+                       "divides its mean and variance by n + 1e-8", functools.partial(by_name, _rppb_np,
+                       _VERL_SINGLETON), deviations=2))  # fmt: skip
     return out
 
 
