@@ -67,10 +67,10 @@ def load_sources(source: str, root: Path, loaded: Modules) -> Modules:
     if source == "trl":
         utils = load(root / "trl/trainer/utils.py", ["nanstd"])
         grpo = root / "trl/trainer/grpo_trainer.py"
-        block = ("self.multi_objective_aggregation == 'sum_then_normalize'",
-                 ("rewards_per_func", "unscorable_mask", "num_generations", "device"), "advantages")  # fmt: skip
+        scaled = ("self.multi_objective_aggregation == 'sum_then_normalize'",
+                  ("rewards_per_func", "unscorable_mask", "num_generations", "device"), "advantages")  # fmt: skip
         grpo_adv = load_method(grpo, "GRPOTrainer", "_generate_and_score_completions", {"nanstd": utils.nanstd},
-                               block=block)  # fmt: skip
+                               block=scaled)  # fmt: skip
         span = (
             "grouped_rewards = rewards.view(-1, num_generations)",
             "advantages = torch.nan_to_num(advantages, nan=0.0)",
@@ -97,7 +97,8 @@ def _verl_outcome(name: str, estimator: str) -> Callable[[Modules], Callable[...
             index = np.arange(scores.shape[0]) // int(group_size)
             token_rewards = scores[:, None].clone()
             adv, _ = fn(token_rewards, torch.ones_like(token_rewards), index, **kw)
-            return adv[:, 0]
+            out: torch.Tensor = adv[:, 0]
+            return out
 
         if estimator == "rloo":
 

@@ -134,8 +134,8 @@ def load_method(
         ends = [i for i, t in enumerate(texts) if t.startswith(last)]
         if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
             raise LookupError(f"{path}: {cls}.{method} has no single span from {first!r} to {last!r}")
-        return _run(path, tree, top, [_as_function(method, params, result, fn.body[starts[0] : ends[0] + 1])],
-                    [method], overrides)[method]  # type: ignore[no-any-return]  # fmt: skip
+        spanned = _as_function(method, params, result, fn.body[starts[0] : ends[0] + 1])
+        return _run(path, tree, top, [spanned], [method], overrides)[method]  # type: ignore[no-any-return]
     if block is not None:
         condition, params, result = block
         ifs = [

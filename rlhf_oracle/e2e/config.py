@@ -24,6 +24,12 @@ from rlhf_oracle.reference import ACTOR_LOSSES
 POLICY_LOSSES: tuple[str, ...] = ACTOR_LOSSES
 """The demo's --policy-loss choices: the policy losses ``actor_loss`` names."""
 
+ADVANTAGES: tuple[str, ...] = ("gae", "grpo", "rloo", "reinforce++", "reinforce++-baseline", "remax")
+"""The demo's --advantage choices: GAE with a critic, or a critic-free estimator (docs page 9)."""
+
+GROUP_ADVANTAGES: tuple[str, ...] = ("grpo", "rloo", "reinforce++-baseline")
+"""The estimators whose baseline is the other samples of the same prompt (samples_per_prompt of them)."""
+
 
 @dataclass
 class DemoConfig:
@@ -146,6 +152,14 @@ class DemoConfig:
     """GRPO's beta: weight of the KL loss term kl_loss(kind=kl_kind) in the actor loss (beside the reward's KL)."""
     rollout_correction: str | None = None
     """'tis': a bf16 copy of the policy samples; tokens weighted by min(pi_old / mu, 2) in the ppo/pg loss."""
+    advantage: str = "gae"
+    """'gae' (PPO with a critic), or critic-free 'grpo', 'rloo', 'reinforce++', 'reinforce++-baseline', 'remax'."""
+    samples_per_prompt: int = 4
+    """Responses per prompt for grpo, rloo and reinforce++-baseline (rollout_batch_size counts responses)."""
+    overlong_buffer: int | None = None
+    """DAPO's soft overlong penalty: its L_cache in tokens (L_max = max_new_tokens), added to the score; None = off."""
+    dynamic_sampling: bool = False
+    """DAPO's dynamic sampling: groups whose scores are all equal are left out of the update (not re-sampled)."""
     ptx_coef: float = 0.2
     """InstructGPT's gamma: weight of ptx_loss (SFT-corpus log-likelihood) added to the policy loss."""
     ptx_batch_size: int = 32
@@ -236,6 +250,14 @@ class DemoConfig:
             ("rollout_correction", self.rollout_correction in (None, "tis"), "'tis' or None"),
             ("rollout_correction", self.rollout_correction is None or self.policy_loss in ("ppo", "pg"),
              "None unless policy_loss is 'ppo' or 'pg' (the losses that take per-token weights)"),
+            ("advantage", self.advantage in ADVANTAGES, f"one of {ADVANTAGES}"),
+            ("samples_per_prompt", self.samples_per_prompt >= 2, ">= 2 (a group baseline needs other samples)"),
+            ("rollout_batch_size", self.advantage not in GROUP_ADVANTAGES
+             or self.rollout_batch_size % self.samples_per_prompt == 0, "a multiple of samples_per_prompt"),
+            ("overlong_buffer", self.overlong_buffer is None or 1 <= self.overlong_buffer <= self.max_new_tokens,
+             "in [1, max_new_tokens] or None"),
+            ("dynamic_sampling", not self.dynamic_sampling or self.advantage in GROUP_ADVANTAGES,
+             f"False unless advantage is one of {GROUP_ADVANTAGES} (it drops whole groups)"),
             ("ptx_coef", _finite(self.ptx_coef) and self.ptx_coef >= 0, ">= 0"),
             ("ptx_batch_size", self.ptx_batch_size >= 1, pos),
             ("no_eos_score", self.no_eos_score is None or _finite(self.no_eos_score), "finite or None"),

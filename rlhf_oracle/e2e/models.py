@@ -160,8 +160,10 @@ def sample_responses(
     *,
     max_new_tokens: int,
     temperature: float,
+    greedy: bool = False,
 ) -> Batch:
-    """Rollouts with ``model.generate``: pure ancestral sampling at ``temperature`` (top_k=0, top_p=1).
+    """Rollouts with ``model.generate``: pure ancestral sampling at ``temperature`` (top_k=0, top_p=1), or the
+    greedy (argmax) reply with ``greedy`` (ReMax's baseline).
 
     The generation config is explicit, so that the sampling distribution is exactly softmax(logits / temperature),
     the distribution ``token_logprobs(..., temperature=temperature)`` scores (Hugging Face's default top_k=50
@@ -172,13 +174,12 @@ def sample_responses(
     # appends to finished rows itself; those rows are masked out here, so the warning is noise.
     transformers_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     try:
+        sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_k": 0,
+                                                          "top_p": 1.0}  # fmt: skip
         out = policy.generate(
             input_ids=prompt_ids,
             attention_mask=torch.ones_like(prompt_ids),
-            do_sample=True,
-            temperature=temperature,
-            top_k=0,
-            top_p=1.0,
+            **sampling,
             max_new_tokens=max_new_tokens,
             eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id,

@@ -25,7 +25,13 @@ summed shaped reward; ``policy_loss``, ``value_loss``, ``entropy``, ``ptx_loss``
 fraction of valid tokens where the ratio clip binds; ``approx_kl`` k3 between the policy after and before the
 update (per token, PPO's trust-region diagnostic); ``explained_var`` 1 - Var(returns - values) / Var(returns) of the
 critic at rollout time; ``reply_len`` response tokens incl. EOS; ``eos_rate`` replies that ended within the budget;
-``oracle`` per-quantity discrepancy vs the reference and ``oracle_max`` the largest (absent on unchecked steps).
+``oracle`` per-quantity discrepancy vs the reference and ``oracle_max`` the largest (absent on unchecked steps);
+``kept`` the fraction of responses dynamic sampling keeps (with ``dynamic_sampling``).
+
+Critic-free (``advantage`` other than 'gae', docs page 9): each prompt is sampled ``samples_per_prompt`` times
+(grpo, rloo, reinforce++-baseline) as consecutive rows, step 3 computes the estimator's advantages from the same
+shaped rewards (no critic, no value loss, no extra whitening; ``value_loss`` and ``explained_var`` are None),
+ReMax scores one extra greedy reply per prompt, and DAPO's overlong penalty and dynamic sampling are options.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from . import oracle as O
 from . import parallel
-from .config import DemoConfig
+from .config import GROUP_ADVANTAGES, DemoConfig
 from .models import (
     Batch,
     ScalarHeadModel,
@@ -99,6 +105,7 @@ class Rollout:
     returns: torch.Tensor
     whitened: torch.Tensor
     is_weights: torch.Tensor | None = None  # rollout-correction weights (cfg.rollout_correction), else None
+    keep: torch.Tensor | None = None  # [B] rows of the update (dynamic sampling), else None: all rows
 
 
 # --------------------------------------------------------------------------------------------------
@@ -133,8 +140,14 @@ def rollout(
                                               temperature=cfg.temperature).float()  # fmt: skip
         logits = response_logits(state.policy, batch)
         ref_logits = response_logits(ref, batch)
-        values = response_values(state.critic, batch)
+        critic_free = cfg.advantage != "gae"
+        values = torch.zeros_like(logits[..., 0]) if critic_free else response_values(state.critic, batch)
         scores = sequence_scores(rm, batch)
+        greedy_scores = None
+        if cfg.advantage == "remax":  # ReMax's baseline: the reward model's score of the greedy reply
+            greedy = sample_responses(state.policy, tok, prompt_ids, max_new_tokens=cfg.max_new_tokens,
+                                      temperature=cfg.temperature, greedy=True)  # fmt: skip
+            greedy_scores = _overlong(cfg, sequence_scores(rm, greedy), greedy.response_mask)
     mask = batch.response_mask
     logp = F.token_logprobs(logits, batch.responses, temperature=cfg.temperature)
     logp_ref = F.token_logprobs(ref_logits, batch.responses, temperature=cfg.temperature)
@@ -142,16 +155,22 @@ def rollout(
         has_eos = (batch.responses == tok.eos_token_id).any(dim=1)
         scores = torch.where(has_eos, scores, torch.full_like(scores, cfg.no_eos_score))
     gold = task.gold_rewards(prompts, decode_replies(tok, batch))
+    scores = _overlong(cfg, scores, mask)
 
     kl = torch.where(mask, F.kl_estimate(logp, logp_ref, cfg.kl_kind), torch.zeros_like(logp))
     # The fixed layout ends truncated replies at the last slot, so the score goes on the last valid token
     # (= EOS when there is one): verl/OpenRLHF's convention. TRL's "after_last" would need a pad slot.
     rewards = F.kl_shaped_rewards(scores, logp, logp_ref, mask, state.beta, kind=cfg.kl_kind, score_position="last")
-    advantages, returns = F.gae(rewards, values, mask, gamma=cfg.gamma, lam=cfg.lam)
-    if cfg.whiten_advantages:
-        whitened = F.whiten(advantages, mask, shift_mean=True, unbiased=cfg.whiten_unbiased)
+    keep = None
+    if critic_free:  # the estimator's own scale: no critic, no extra whitening
+        advantages, keep = _critic_free_advantages(cfg, scores, rewards, kl, mask, state.beta, greedy_scores)
+        returns = whitened = advantages
     else:
-        whitened = advantages
+        advantages, returns = F.gae(rewards, values, mask, gamma=cfg.gamma, lam=cfg.lam)
+        if cfg.whiten_advantages:
+            whitened = F.whiten(advantages, mask, shift_mean=True, unbiased=cfg.whiten_unbiased)
+        else:
+            whitened = advantages
     is_weights = None
     if behaviour_logp is not None:  # token TIS (Yao et al. 2025): min(pi_old / mu, 2), 0 at padding
         is_weights = F.rollout_is_weights(logp, behaviour_logp, mask, "token", "truncate", 2.0)
@@ -171,7 +190,51 @@ def rollout(
         returns,
         whitened,
         is_weights,
+        keep,
     )
+
+
+def _overlong(cfg: DemoConfig, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The score plus DAPO's soft overlong penalty (L_max = max_new_tokens, L_cache = overlong_buffer), if on."""
+    if cfg.overlong_buffer is None:
+        return scores
+    lengths = mask.sum(dim=1).to(scores.dtype)
+    penalised: torch.Tensor = scores + F.overlong_penalty(lengths, cfg.max_new_tokens, cfg.overlong_buffer)
+    return penalised
+
+
+def _critic_free_advantages(
+    cfg: DemoConfig,
+    scores: torch.Tensor,
+    rewards: torch.Tensor,
+    kl: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float,
+    greedy_scores: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The advantages of a critic-free estimator ([B, L], 0 at padding) and the rows dynamic sampling keeps.
+
+    Every estimator sees the same KL-regularised reward as PPO (page 3): the token rewards ``rewards`` (score at
+    the last valid token, -beta kl_t at every token) for reinforce++ and remax; their per-response sum (score -
+    beta sum_t kl_t, as TRL's RLOO puts the KL into the score) for grpo and rloo; the score with the KL rewards
+    after the group baseline (OpenRLHF's order) for reinforce++-baseline. Rows are groups of samples_per_prompt
+    consecutive responses to one prompt.
+    """
+    n = cfg.samples_per_prompt
+    sequence = torch.where(mask, rewards, torch.zeros_like(rewards)).sum(dim=1)
+    keep = F.dynamic_sampling_mask(sequence, n) if cfg.dynamic_sampling else None
+    if cfg.advantage == "grpo":
+        advantages = F.grpo_advantages(sequence, n, mask=mask)
+    elif cfg.advantage == "rloo":
+        advantages = F.rloo_advantages(sequence, n, mask=mask)
+    elif cfg.advantage == "reinforce++-baseline":
+        advantages = F.reinforce_pp_baseline_advantages(scores, n, mask, kl_rewards=-beta * kl)
+    elif cfg.advantage == "reinforce++":
+        advantages = F.reinforce_pp_advantages(rewards, mask, gamma=cfg.gamma)
+    else:
+        assert greedy_scores is not None
+        advantages = F.remax_advantages(rewards, mask, greedy_scores)
+    return advantages, keep
 
 
 # --------------------------------------------------------------------------------------------------
@@ -227,7 +290,9 @@ def _run_step(
     step_seed = derive_seed(cfg.seed, PPO_STREAM, phase_key, step)
     torch.manual_seed(step_seed)
     gen = torch.Generator().manual_seed(step_seed)
-    prompts = task.sample_prompts(cfg.rollout_batch_size, numpy_rng(cfg.seed, PPO_STREAM, phase_key, step))
+    group = cfg.samples_per_prompt if cfg.advantage in GROUP_ADVANTAGES else 1
+    drawn = task.sample_prompts(cfg.rollout_batch_size // group, numpy_rng(cfg.seed, PPO_STREAM, phase_key, step))
+    prompts = [p for p in drawn for _ in range(group)]  # a group's samples are consecutive rows
 
     ro = rollout(cfg, state, ref, rm, task, tok, prompts, device)
     mask = ro.batch.response_mask
@@ -239,8 +304,9 @@ def _run_step(
     state.policy.train()
     state.critic.train()
     world = parallel.rank_and_world()[1]
+    rows = torch.arange(n) if ro.keep is None else torch.nonzero(ro.keep.cpu()).squeeze(1)
     for _epoch in range(cfg.ppo_epochs):
-        perm = torch.randperm(n, generator=gen).to(device)
+        perm = rows[torch.randperm(rows.numel(), generator=gen)].to(device)
         for idx in torch.split(perm, cfg.minibatch_size):
             ptx_idx = None
             if cfg.ptx_coef > 0:
@@ -267,18 +333,19 @@ def _run_step(
                 sums["ptx_loss"] += float(ptx.detach())
             _optimizer_step(cfg, loss, state.policy, state.policy_opt)
 
-            # critic
-            with autocast(cfg, device):
-                new_values = response_values(state.critic, mb)
-            v_loss = F.value_loss(
-                new_values, ro.values[idx], ro.returns[idx], mb_mask, clip_eps=cfg.value_clip_eps, agg=cfg.value_agg
-            )
-            _optimizer_step(cfg, v_loss, state.critic, state.critic_opt)
+            if cfg.advantage == "gae":  # the critic (the critic-free estimators have none)
+                with autocast(cfg, device):
+                    new_values = response_values(state.critic, mb)
+                v_loss = F.value_loss(
+                    new_values, ro.values[idx], ro.returns[idx], mb_mask, clip_eps=cfg.value_clip_eps,
+                    agg=cfg.value_agg,
+                )  # fmt: skip
+                _optimizer_step(cfg, v_loss, state.critic, state.critic_opt)
+                sums["value_loss"] += float(v_loss.detach())
 
             clipped = _clipped(cfg, logp, ro.logp[idx], ro.whitened[idx])
             sums["clipfrac"] += float(clipped[mb_mask].float().mean())
             sums["policy_loss"] += float(pg_loss.detach())
-            sums["value_loss"] += float(v_loss.detach())
             sums["entropy"] += float(entropy.detach())
             n_updates += 1
     state.policy.train(False)
@@ -301,7 +368,10 @@ def _run_step(
         state.beta = float(ctl.value)
 
     ret = ro.returns[mask]
-    explained_var = float(1.0 - torch.var(ret - ro.values[mask]) / torch.var(ret).clamp_min(1e-12))
+    explained_var = None
+    if cfg.advantage == "gae":
+        explained_var = float(1.0 - torch.var(ret - ro.values[mask]) / torch.var(ret).clamp_min(1e-12))
+    n_updates = max(n_updates, 1)  # (dynamic sampling may leave no row to update)
     metrics: dict[str, Any] = {
         "step": step,
         "beta": beta_used,
@@ -311,7 +381,7 @@ def _run_step(
         "kl_token": kl_token,
         "reward": float(F.aggregate(ro.rewards, mask, "seq-mean-token-sum")),
         "policy_loss": sums["policy_loss"] / n_updates,
-        "value_loss": sums["value_loss"] / n_updates,
+        "value_loss": sums["value_loss"] / n_updates if cfg.advantage == "gae" else None,
         "entropy": sums["entropy"] / n_updates,
         "ptx_loss": sums["ptx_loss"] / n_updates if cfg.ptx_coef > 0 else None,
         "clipfrac": sums["clipfrac"] / n_updates,
@@ -320,6 +390,8 @@ def _run_step(
         "reply_len": float(mask.float().sum(dim=1).mean()),
         "eos_rate": float((ro.batch.responses == tok.eos_token_id).any(dim=1).float().mean()),
     }
+    if ro.keep is not None:  # dynamic sampling: the fraction of responses whose group carries a gradient
+        metrics["kept"] = float(ro.keep.float().mean())
     if ro.is_weights is not None:  # how far the bf16 engine is from the trainer: the weights' spread, truncations
         w = ro.is_weights[mask]
         metrics["is_weight_min"], metrics["is_weight_max"] = float(w.min()), float(w.max())

@@ -95,10 +95,10 @@ def run_demo(cfg: DemoConfig, out: Path, *, resume: bool = False, progress: bool
     joined = parallel.init_from_env()  # under torchrun: the PPO update is data-parallel (gloo)
     rank, world = parallel.rank_and_world()
     if world > 1:
-        if (cfg.policy_loss, cfg.kl_loss_coef, cfg.rollout_correction) != ("ppo", 0.0, None):
+        if (cfg.policy_loss, cfg.kl_loss_coef, cfg.rollout_correction, cfg.advantage) != ("ppo", 0.0, None, "gae"):
             raise ValueError(
                 "DemoConfig: the data-parallel update (torchrun) runs PPO's loss only: policy_loss 'ppo', "
-                "kl_loss_coef 0 and rollout_correction None"
+                "kl_loss_coef 0, rollout_correction None and advantage 'gae'"
             )
         for name in ("minibatch_size", "ptx_batch_size"):
             if getattr(cfg, name) % world:

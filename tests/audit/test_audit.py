@@ -57,6 +57,27 @@ EXPECTED_DIFFERENCES = [
     ("openrlhf.models.loss:LogExpLoss", "values", "margin ignored"),
     ("openrlhf.models.loss:LogExpLoss", "stability", "log(sigmoid) computed naively"),
     ("trl.core:masked_whiten (0.11.4)", "masked_outputs", "non-zero values"),
+    # the critic-free estimators and DAPO's penalty
+    ("verl.trainer.ppo.core_algos:compute_grpo_vectorized_outcome_advantage", "values", "statistics in float32"),
+    ("verl.trainer.ppo.core_algos:compute_reinforce_plus_plus_outcome_advantage", "values", "+1e-8 in the count"),
+    ("verl.trainer.ppo.core_algos:compute_remax_outcome_advantage", "masked_outputs", "non-zero values"),
+    (
+        "verl.experimental.reward_loop.reward_manager.dapo:DAPORewardManager (overlong buffer)",
+        "values",
+        "no cap beyond max_length",
+    ),
+    (
+        "openrlhf.trainer.ppo_utils.experience_maker:get_cumulative_returns + whitening (reinforce)",
+        "values",
+        "statistics in float32, variance floored (OpenRLHF)",
+    ),
+    (
+        "openrlhf.trainer.ppo_utils.experience_maker:get_cumulative_returns + whitening (reinforce)",
+        "masked_outputs",
+        "non-zero values",
+    ),
+    ("GRPOTrainer advantages (scale_rewards='group')", "values", "Bessel factor n/(n-1) rounded to float32"),
+    ("GRPOTrainer advantages (scale_rewards='batch')", "values", "Bessel factor n/(n-1) rounded to float32"),
 ]
 
 AGREE = [
@@ -72,6 +93,11 @@ AGREE = [
     "openrlhf.models.loss:DPOLoss",
     "openrlhf.models.utils:compute_entropy",
     "verl.trainer.ppo.core_algos:kl_penalty (low_var_kl)",
+    "verl.trainer.ppo.core_algos:compute_rloo_outcome_advantage",
+    "verl.trainer.ppo.core_algos:compute_rloo_vectorized_outcome_advantage",
+    "openrlhf.trainer.ppo_utils.experience_maker:compute_advantages_and_returns (rloo)",
+    "openrlhf.trainer.ppo_utils.length_penalty:apply_overlong_penalty",
+    "trl.trainer.rloo_trainer:RLOOTrainer leave-one-out advantages",
 ]
 
 
