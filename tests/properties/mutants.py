@@ -736,6 +736,83 @@ def _grpo_batch_std(*, centred_std: bool = False) -> Callable[..., Tensor]:
     return grpo_advantages
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# bugs the diagnosis used to misname (issue 18): each must now be named for what it is
+
+
+def _ppo_no_lower_clip(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float = 0.2
+                       ) -> Tensor:  # fmt: skip
+    m = mask.bool()
+    r = torch.exp(_where0(m, logp - logp_old))
+    a = _where0(m, advantages)
+    return _seq_mean_token_mean(-torch.minimum(r * a, torch.clamp(r, max=1 + clip_eps) * a), m)
+
+
+def _ppo_detached_clipped(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float = 0.2
+                          ) -> Tensor:  # fmt: skip
+    m = mask.bool()
+    r = torch.exp(_where0(m, logp - logp_old))
+    a = _where0(m, advantages)
+    return _seq_mean_token_mean(-torch.minimum(r * a, torch.clamp(r.detach(), 1 - clip_eps, 1 + clip_eps) * a), m)
+
+
+def _k3_linear_sign(logp: Tensor, logp_ref: Tensor, kind: str = "k3") -> Tensor:
+    d = logp_ref - logp
+    return torch.exp(d) - 1 + d  # k3 is exp(d) - 1 - d
+
+
+def _gae_carry_rows(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95
+                    ) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """One recursion over the flattened batch: the carry is never reset at the end of a row."""
+    m = mask.bool()
+    r, v = _where0(m, rewards), _where0(m, values)
+    adv = torch.zeros_like(r)
+    next_v = torch.zeros((), dtype=r.dtype)
+    last = torch.zeros((), dtype=r.dtype)
+    for b in reversed(range(r.shape[0])):
+        for t in reversed(range(r.shape[1])):
+            if m[b, t]:
+                last = r[b, t] + gamma * next_v - v[b, t] + gamma * lam * last
+                adv[b, t] = last
+                next_v = v[b, t]
+    return adv, _where0(m, adv + v)
+
+
+def _gae_reward_to_go(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95
+                      ) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Correct advantages, but returns = the discounted reward-to-go instead of A + V."""
+    adv, _ = ti.gae(rewards, values, mask, gamma, lam)
+    m = mask.bool()
+    ret = torch.zeros_like(adv)
+    running = torch.zeros(adv.shape[0], dtype=adv.dtype)
+    for t in reversed(range(adv.shape[1])):
+        running = torch.where(m[:, t], rewards[:, t] + gamma * running, running)
+        ret[:, t] = torch.where(m[:, t], running, torch.zeros_like(running))
+    return adv, ret
+
+
+def _grpo_mask_ignored(scores: Tensor, group_size: int, std_normalize: bool = True, *, mask: Tensor | None = None,
+                       eps: float = 1e-6) -> Tensor:  # fmt: skip
+    g = scores.view(-1, group_size)
+    centred = g - g.mean(-1, keepdim=True)
+    adv = (centred / (g.std(-1, keepdim=True) + eps) if std_normalize else centred).reshape(-1)
+    return adv if mask is None else adv[:, None].expand(mask.shape).clone()
+
+
+def _grpo_float32_bessel(scores: Tensor, group_size: int, eps: float = 1e-4) -> Tensor:
+    """TRL's nanstd: population variance times count / (count - 1) of an int64 count (a float32 division)."""
+    g = scores.view(-1, group_size)
+    count = torch.full((g.shape[0], 1), group_size, dtype=torch.int64)
+    var = ((g - g.mean(-1, keepdim=True)) ** 2).mean(-1, keepdim=True) * (count / (count - 1))
+    return ((g - g.mean(-1, keepdim=True)) / (torch.sqrt(var) + eps)).reshape(-1)
+
+
+def _dpo_ref_added(logp_chosen: Tensor, logp_rejected: Tensor, ref_logp_chosen: Tensor, ref_logp_rejected: Tensor,
+                   beta: float = 0.1) -> Tensor:  # fmt: skip
+    h = (logp_chosen + ref_logp_chosen) - (logp_rejected + ref_logp_rejected)
+    return -torch.nn.functional.logsigmoid(beta * h).mean()
+
+
 MUTANTS: list[Mutant] = [
     Mutant("max instead of min", "policy_loss", _policy_loss(pick=torch.maximum), "sign/bound inversion",
            "max instead of min"),
@@ -917,6 +994,24 @@ MUTANTS: list[Mutant] = [
     Mutant("batch std of the centred scores where TRL's batch std is asked", "grpo_advantages",
            _grpo_batch_std(centred_std=True), "REINFORCE++-baseline's scale for scale_rewards='batch'",
            "batch std of the centred scores", {"std_level": "batch"}),
+    Mutant("PPO without the lower clip bound", "policy_loss", _ppo_no_lower_clip, "clamp(r, max=1 + eps) only",
+           "lower clip bound missing"),
+    Mutant("PPO ratio detached in the clipped branch", "policy_loss", _ppo_detached_clipped,
+           "min(r A, clip(r.detach()) A): half the gradient inside the band", "ratio detached in the clipped branch",
+           {}, "gradients"),
+    Mutant("k3 with the linear term's sign flipped", "kl_estimate", _k3_linear_sign, "exp(d) - 1 + d",
+           "k3 with its linear term's sign flipped", {"kind": "k3"}),
+    Mutant("GAE carry not reset between rows", "gae", _gae_carry_rows, "one recursion over the flattened batch",
+           "carry not reset between rows"),
+    Mutant("GAE returns as the reward-to-go", "gae", _gae_reward_to_go, "Monte Carlo returns instead of A + V",
+           "returns as the reward-to-go"),
+    Mutant("GRPO ignores the mask", "grpo_advantages", _grpo_mask_ignored, "the advantage written at padding",
+           "mask ignored"),
+    Mutant("GRPO Bessel factor divided in float32", "grpo_advantages", _grpo_float32_bessel,
+           "count / (count - 1) of an int64 count (TRL nanstd)", "Bessel factor n/(n-1) rounded to float32",
+           {"eps": 1e-4}),
+    Mutant("DPO with the reference terms added", "dpo_loss", _dpo_ref_added, "+ log pi_ref for - log pi_ref",
+           "reference log-probs added"),
 ]  # fmt: skip
 """Wrong implementations: each must be rejected, with the named diagnosis."""
 

@@ -91,6 +91,8 @@ FORMS = {
     "flipped": "{kind} of logp_ref - logp instead of logp - logp_ref (KL sign flipped)",
     "negated": "minus the {kind} estimator",
     "no half": "(logp - logp_ref)^2 without the 1/2 of k2",
+    "linear sign": "r - 1 + log r instead of k3 = r - 1 - log r (r = pi_ref/pi): the sign of the linear term "
+    "flipped, e.g. exp(d) - 1 + d with d = logp_ref - logp; no longer >= 0 nor an estimator of KL",
 }
 
 
@@ -119,6 +121,8 @@ class KLVariant(Variant):
                 value = -estimator(kind, d)
             elif self.form == "no half":
                 value = d**2
+            elif self.form == "linear sign":
+                value = np.exp(-d) - 1.0 - d
             else:
                 value = estimator(kind, d)
         if out_bound is not None:
@@ -127,6 +131,8 @@ class KLVariant(Variant):
 
     def resolve(self, case: Case, actual: list[np.ndarray] | None = None) -> Variant:
         if self.form == "clamp ignored" and case.arg("log_ratio_clamp") is None:
+            raise NotImplementedError
+        if self.form == "linear sign" and case.arg("kind") != "k3":
             raise NotImplementedError
         if self.form == "output clamp ignored" and case.arg("output_clamp", absent=None) is None:
             raise NotImplementedError
@@ -157,6 +163,9 @@ class KLVariant(Variant):
             text.append(FORMS[self.form].format(kind=self.kind))
         elif self.form == "no half":
             parts.append("k2 without the 1/2")
+            text.append(FORMS[self.form])
+        elif self.form == "linear sign":
+            parts.append("k3 with its linear term's sign flipped")
             text.append(FORMS[self.form])
         elif self.form == "clamp ignored":
             parts.append("log_ratio_clamp ignored")
@@ -209,6 +218,7 @@ def variants() -> list[Variant]:
             out.append(KLVariant("", "", unused, None, 2 if kind != "k1" else 1, kind, "flipped"))
         out.append(KLVariant("", "", unused, None, 2, kind, "negated"))
     out.append(KLVariant("", "", unused, None, 1, "k2", "no half"))
+    out.append(KLVariant("", "", unused, None, 1, "k3", "linear sign"))
     out.append(KLVariant("", "", unused, None, 1, "k3", "clamp ignored"))
     out.append(KLVariant("", "", unused, None, 1, "k1", "output clamp ignored"))
     return out

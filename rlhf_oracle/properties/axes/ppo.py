@@ -126,6 +126,8 @@ OBJECTIVES: dict[str, str] = {
     "clip bounds swapped": "clip(r, 1 - eps_high, 1 + eps_low): clip_eps and clip_eps_high exchanged",
     "symmetric clip": "clip_eps_high ignored: symmetric clip(r, 1 - eps, 1 + eps)",
     "no clip": "plain r A (no clipping)",
+    "lower clip bound missing": "clip(r, max=1 + eps_high) only: the lower bound 1 - eps forgotten",
+    "upper clip bound missing": "clip(r, min=1 - eps) only: the upper bound 1 + eps_high forgotten",
     "ratio inverted": "r = pi_old / pi = exp(logp_old - logp)",
     "dual clip on positive A": "max(., c A) applied to every advantage, not only A < 0 (tianshou #433)",
     "dual clip missing": "dual_clip ignored",
@@ -157,6 +159,10 @@ def objective(c: Case, variant: str, dual_c: float | None = None, clamp: float |
             low_b, high_b = 1 - eps, 1 + eps
         else:
             low_b, high_b = 1 - eps, 1 + high
+        if variant == "lower clip bound missing":
+            low_b = -np.inf
+        elif variant == "upper clip bound missing":
+            high_b = np.inf
         unclipped = ratio * adv
         clipped = np.clip(ratio, low_b, high_b) * adv
         if variant == "no clip":

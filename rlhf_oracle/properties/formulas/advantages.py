@@ -146,6 +146,11 @@ def _whiten_np(c: Case, variant: str) -> np.ndarray:
             return where(m, out)
         vals = x[m]
         mu, var = vals.mean(), vals.var(ddof=1 if unbiased else 0)
+        if variant == "Bessel factor n/(n-1) rounded to float32":
+            if not unbiased:
+                raise NotImplementedError(variant)
+            var = vals.var() * float(np.float32(vals.size) / np.float32(vals.size - 1))
+            return where(m, (x - mu) / np.sqrt(var + eps) + (0 if shift_mean else mu))
         if variant == "x / sigma":
             return where(m, x / np.sqrt(var + eps))
         if variant == "eps outside the sqrt":
@@ -166,6 +171,17 @@ def _gae_np(c: Case, variant: str) -> tuple[np.ndarray, np.ndarray]:
     if variant == "gamma and lam swapped":
         gamma, lam = lam, gamma
     adv = np.zeros_like(r)
+    if variant == "carry not reset between rows":  # one recursion over the flattened batch's valid tokens
+        m1 = m.reshape(1, -1)
+        one = Case("gae", (where(m, r).reshape(1, -1), where(m, v).reshape(1, -1), m1), ("rewards", "values", "mask"),
+                   {"gamma": gamma, "lam": lam}, m1, ("rewards", "values"))  # fmt: skip
+        a1, _ = _gae_np(one, "")
+        adv = a1.reshape(r.shape)
+        return adv, where(m, adv + v)
+    if variant == "returns as the reward-to-go":
+        adv, _ = R.gae(r, v, m, gamma=gamma, lam=lam)
+        ret, _ = R.gae(r, np.zeros_like(v), m, gamma=gamma, lam=1.0)
+        return np.asarray(adv), np.asarray(ret)
     with np.errstate(all="ignore"):
         for b in range(r.shape[0]):
             if variant in ("zero-filled holes", "unmasked"):
@@ -195,6 +211,10 @@ def _gae_variants() -> list[Variant]:
         "bootstrap past the end": "V after the last valid token read from the next (pad) slot instead of 0 "
         "(DS-Chat PR #672 off-by-one)",
         "gamma and lam swapped": "gamma and lambda exchanged",
+        "carry not reset between rows": "the recursion's carry (A_next, V_next) not reset at the end of a row: "
+        "one recursion over the flattened batch, each row's last token bootstrapping from the next row",
+        "returns as the reward-to-go": "returns = the discounted sum of the rewards ahead (Monte Carlo), not "
+        "A + V (the lambda-return that GAE's advantages belong to)",
     }
     out = [Variant(name, d, functools.partial(by_name, _gae_np, name)) for name, d in described.items()]
 
@@ -243,6 +263,8 @@ def _whiten_variants() -> list[Variant]:
         "eps outside the sqrt": "(x - mu) / (sigma + eps)",
         "+1e-8 in the count": "mean and variance divided by n + 1e-8 (verl masked_mean inside masked_whiten): a "
         "relative change of about 1e-8/n, below float32 resolution",
+        "Bessel factor n/(n-1) rounded to float32": "the variance times mask_sum / (mask_sum - 1) of a boolean "
+        "mask's integer count, which torch divides in float32 (TRL's and verl's masked_var given a bool mask)",
     }
     out += [Variant(name, d, functools.partial(by_name, _whiten_np, name)) for name, d in described.items()]
     return out
@@ -282,6 +304,10 @@ def _grpo_np(c: Case, variant: str) -> np.ndarray:
         adv = (groups - mean) / (std + eps) if std_normalize else groups - mean
     flat = adv.reshape(-1) if variant != "strided groups" else adv.T.reshape(-1)
     mask = c.arg("mask")
+    if variant == "mask ignored":
+        if mask is None:
+            raise NotImplementedError(variant)
+        return np.broadcast_to(flat[:, None], np.shape(mask)).copy()
     if mask is None:
         return np.asarray(flat)
     return where(np.asarray(mask, dtype=bool), flat[:, None])
@@ -302,6 +328,7 @@ def _grpo_variants() -> list[Variant]:
         "batch std of the centred scores (REINFORCE++-baseline)": "the std of the group-centred scores over the "
         "batch, not of the raw scores: smaller by the between-group variance",
         "eps inside the sqrt": "sqrt(var + eps) instead of std + eps",
+        "mask ignored": "the row's advantage broadcast over every position, padding included (the mask not applied)",
         "statistics in float32 (verl group_mean_std)": "the group mean and std of the scores cast to float32 "
         "(verl's grpo_vectorized: group_mean_std works in float32), applied to the float64 scores",
         "Bessel factor n/(n-1) rounded to float32 (TRL nanstd)": "the population variance times count / (count - 1) "

@@ -41,7 +41,7 @@ from ..cases import (
     masks,
     shape_bt,
 )
-from ..gradients import Grad, no_alt
+from ..gradients import Grad, GradientVariant, no_alt
 from ..registry import Conditioning, FormulaSpec, register
 from ..variants import Variant, negated, unused
 
@@ -175,6 +175,21 @@ def _policy_loss_gradient(c: Case, w: np.ndarray) -> dict[str, Grad]:
     weights = agg.weights(c.mask, *agg.settings(c)) * _token_weights(c)  # sg(w) scales each token's gradient
     value = np.where(c.mask, -weights * g, 0.0) * w
     return {"logp": Grad(value, np.where(c.mask, -weights * alt, np.nan) * w), **_stopped_weights(c, value)}
+
+
+def _detached_branch(branch: str) -> Callable[[Case, np.ndarray], dict[str, np.ndarray]]:
+    """The gradient when the ratio is detached in one branch of min(r A, clip(r) A): inside the clip band the two
+    branches tie and torch.minimum splits the gradient 0.5/0.5; outside it the live branch carries it alone."""
+
+    def gradient(c: Case, w: np.ndarray) -> dict[str, np.ndarray]:
+        g = _policy_loss_gradient(c, w)["logp"].value
+        n = c.named()
+        r = np.exp(np.asarray(n["logp"], dtype=np.float64) - np.asarray(n["logp_old"], dtype=np.float64))
+        low, high, _ = ppo.bounds(c)
+        inside = (r > low) & (r < high)
+        return {"logp": np.where(inside, 0.5 * g, g if branch == "clipped" else 0.0)}
+
+    return gradient
 
 
 def _aggregate_gradient(c: Case, w: np.ndarray) -> dict[str, Grad]:
@@ -316,6 +331,20 @@ POLICY_LOSS = register(
         differentiable=("logp", "weights"),
         gradient=_policy_loss_gradient,
         stopped=("weights",),
+        gradient_variants=(
+            GradientVariant(
+                "ratio detached in the clipped branch",
+                "min(r A, clip(sg(r)) A): inside the clip band "
+                "the branches tie and torch.minimum gives each half the gradient, so PPO's gradient is "
+                "halved there",
+                _detached_branch("clipped"),
+            ),
+            GradientVariant(
+                "ratio detached in the unclipped branch",
+                "min(sg(r) A, clip(r) A): half the gradient inside the clip band (the tie), none outside it",
+                _detached_branch("unclipped"),
+            ),
+        ),
         paper="Shao et al. 2024 (DeepSeekMath) token-level PPO; Yu et al. 2025 (DAPO) clip-higher; Ye et al. 2020 "
         "dual clip",
         equation="DeepSeekMath eq. 1; DAPO eq. 8; Ye et al. eq. 5",

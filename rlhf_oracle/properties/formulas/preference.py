@@ -90,12 +90,12 @@ def _gradient(c: Case, w: np.ndarray) -> dict[str, Grad]:
 
 
 def _loss(c: Case, *, beta_scale: float = 1.0, eps: float | None = None, use_ref: bool = True, swap: bool = False,
-          naive: bool = False, reduce: str = "mean") -> float:  # fmt: skip
+          naive: bool = False, reduce: str = "mean", ref_sign: float = -1.0) -> float:  # fmt: skip
     n = c.named()
     beta = float(c.arg("beta")) * beta_scale
     smoothing = float(c.arg("label_smoothing")) if eps is None else eps
     w, lo, rw, rl = (np.asarray(n[k], dtype=np.float64) for k in _ARGS)
-    h = (w - rw) - (lo - rl) if use_ref else (w - lo)
+    h = (w + ref_sign * rw) - (lo + ref_sign * rl) if use_ref else (w - lo)
     if swap:
         h = -h
     if naive:
@@ -142,6 +142,11 @@ VARIANTS = [
         "reference model dropped",
         "h = log pi_w - log pi_l without the reference log-ratios (a SimPO/ORPO-like implicit reward)",
         lambda c: _loss(c, use_ref=False),
+    ),
+    Variant(
+        "reference log-probs added",
+        "h = (log pi_w + log pi_ref_w) - (log pi_l + log pi_ref_l): the reference terms added instead of subtracted",
+        lambda c: _loss(c, ref_sign=1.0),
     ),
     Variant("chosen and rejected swapped", "-log sigma(-beta h)", lambda c: _loss(c, swap=True)),
     Variant("IPO loss", "(h - 1/(2 beta))^2 (Azar et al. 2023, eq. 17; OpenRLHF DPOLoss(ipo=True))", _ipo),
