@@ -121,6 +121,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, help_text in _conventions().items():
         flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
         group.add_argument(*flags, dest=f"conv_{name}", type=parse_value, default=argparse.SUPPRESS, help=help_text)
+    from rlhf_oracle.properties.presets import FRAMEWORK_OPTIONS
+
+    options = parser.add_argument_group("framework option names (translated into the conventions above)")
+    for name, help_text in FRAMEWORK_OPTIONS.items():
+        if name in _conventions():
+            continue
+        flags = [f"--{name.replace('_', '-')}", f"--{name}"]
+        options.add_argument(*flags, dest=f"conv_{name}", type=parse_value, default=argparse.SUPPRESS, help=help_text)
 
 
 def load_target(target: str) -> Callable[..., Any]:
@@ -240,9 +248,15 @@ def run(args: argparse.Namespace) -> int:
         return _usage(f"--device {args.device} is not available here: {problem}")
     conventions = {k[len("conv_") :]: v for k, v in vars(args).items() if k.startswith("conv_")}
     params = inspect.signature(REGISTRY[args.formula].reference).parameters
-    unknown = [k for k in conventions if k not in params]
+    from rlhf_oracle.properties.presets import FRAMEWORK_OPTIONS, translate_options
+
+    unknown = [k for k in conventions if k not in params and k not in FRAMEWORK_OPTIONS]
     if unknown:
         return _usage(f"{args.formula} has no convention {unknown}; it takes {list(params)}")
+    try:
+        conventions = translate_options(args.formula, conventions)
+    except ValueError as exc:
+        return _usage(str(exc).removeprefix("run_check: "))
     if getattr(args, "preset", None):
         from rlhf_oracle.properties.presets import preset_conventions
 

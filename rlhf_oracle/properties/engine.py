@@ -31,7 +31,7 @@ from .calls import (
     secondary_examples,
 )
 from .diagnosis import diagnose
-from .presets import preset_conventions
+from .presets import preset_conventions, translate_options
 from .props import PROPERTY_OBJECTS, Run
 from .registry import FormulaSpec, get
 from .report import PROPERTIES, WAIVABLE, CheckReport, PropertyResult
@@ -217,11 +217,14 @@ def run_check(
     ``strict``: what the candidate returns where the reference refuses the input (NaN or 0 on an all-masked
     batch) is reported as ``differs`` and passes by default; ``strict=True`` makes it fail.
     ``preset``: fix the conventions a framework documents for the formula (``"verl"``, ``"trl:dapo"``, see
-    :mod:`rlhf_oracle.properties.presets`); explicit conventions override it."""
+    :mod:`rlhf_oracle.properties.presets`); explicit conventions override it. The frameworks' option names
+    (``loss_type="dapo"``, ``scale_rewards="batch"``, ``kl_penalty="low_var_kl"``, ...) are accepted as
+    conventions and translated (:data:`~rlhf_oracle.properties.presets.FRAMEWORK_OPTIONS`)."""
     if not isinstance(strict, bool):
         raise TypeError(f"run_check: 'strict' must be a bool, got {strict!r}")
     _check_options(candidate, adapter, dtype, device, max_examples)
     spec = get(formula)
+    conventions = translate_options(formula, conventions)  # TRL's/verl's/OpenRLHF's option names
     if preset is not None:
         conventions = {**preset_conventions(formula, preset), **conventions}
     if mask_layout not in S.MASK_LAYOUTS:
