@@ -219,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``rlhf-oracle check``; returns the exit status (0 pass, 1 mismatch or timeout, 2 usage error)."""
     import torch
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from rlhf_oracle.properties import adapters, profiles
@@ -326,17 +327,23 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), indent=2, default=repr))
         return 0 if report.passed else 1
     conv = ", ".join(f"{k}={v!r}" for k, v in conventions.items()) or "reference defaults"
-    table = Table(title=f"{args.target} vs reference.{args.formula} [{args.dtype}; {conv}]")
-    for col, justify in (("property", "left"), ("result", "left"), ("examples", "right"), ("worst error", "right")):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    table.add_column("note", overflow="fold")
+    # (titles and notes are plain text: "[float64; ...]" or "[B, T]" must not be read as rich markup)
+    table = Table(title=escape(f"{args.target} vs reference.{args.formula} [{args.dtype}; {conv}]"))
+    # a narrow terminal keeps the note column wide enough to wrap at spaces (the counts are in the message below)
+    wide = console.width >= 100
+    columns = (("property", "left"), ("result", "left")) + ((("examples", "right"), ("worst error", "right"))
+                                                           if wide else ())  # fmt: skip
+    for col, justify in columns:
+        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    table.add_column("note", overflow="fold")  # wrapped at spaces; only a word longer than the column folds
     styles = {"passed": "[green]passed[/]", "FAILED": "[red]FAILED[/]", "waived": "[yellow]waived[/]",
               "differs": "[cyan]differs[/]", "skipped": "[yellow]skipped[/]", "n/a": "[dim]n/a[/]"}  # fmt: skip
     for p in report.properties:
         worst = f"{p.worst:.3g} x tol" if p.passed is not None else ""
         shown = p.failure or p.finding
         diag = shown.diagnosis[0] if shown is not None and shown.diagnosis else p.note
-        table.add_row(p.name, styles[p.status], str(p.examples) if p.passed is not None else "", worst, diag)
+        counts = (str(p.examples) if p.passed is not None else "", worst) if wide else ()
+        table.add_row(p.name, styles[p.status], *counts, escape(diag))
     console.print(table)
     if any(p.failure is not None or p.finding is not None for p in report.properties):
         console.print(report.message(), markup=False, highlight=False, soft_wrap=True)

@@ -372,3 +372,20 @@ def test_preset_from_the_command_line(losses: Path, capsys: pytest.CaptureFixtur
     assert "agg='token-mean'" in capsys.readouterr().out
     assert cli.run(_parse([*argv, "trl"])) == 2
     assert "preset 'trl' is ambiguous for policy_loss" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_the_note_column_wraps_at_spaces_and_keeps_brackets(
+    losses: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, width: int
+) -> None:
+    monkeypatch.setenv("COLUMNS", str(width))
+    cli.run(_parse([f"{losses}:token_mean_loss", "-f", "policy_loss", "--max-examples", "10"]))
+    out = capsys.readouterr().out
+    title, _, rest = out.partition("┏")
+    table = [line for line in ("┏" + rest).splitlines() if line[:1] in "┏┃┡│└"]
+    assert max(len(line) for line in table) <= width  # nothing cut at the terminal's edge
+    assert "[float64;" in title  # the title's bracket is text, not rich markup
+    notes = " ".join(line.rsplit("│", 2)[-2].strip() for line in table if line.startswith("│"))
+    # every token of the diagnosis is whole in the wrapped column (no word split across lines)
+    for token in ("agg='seq-mean-token-mean',", "clip_eps_high=None,", "agg='token-mean'."):
+        assert token in notes.split(), (token, notes)
