@@ -4,6 +4,7 @@ another documented convention is diagnosed by name and accepted under that conve
 from __future__ import annotations
 
 import textwrap
+import warnings
 from typing import Any
 
 import pytest
@@ -75,3 +76,19 @@ def test_kill_rate(capsys: pytest.CaptureFixture[str]) -> None:
         for name, (k, d) in RESULTS.items():
             print(f"  {'KILLED ' if k else 'SURVIVED'} {name:40s} {d[:110]}")
     assert killed == len(RESULTS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "formula", ["policy_loss", "kl_estimate", "gae", "whiten", "reinforce_pp_advantages", "rloo_advantages", "dpo_loss"]
+)
+def test_the_oracle_leaks_no_warning_into_the_users_output(formula: str) -> None:
+    """A check of a wrong candidate (every property, the diagnosis's variants on degenerate inputs included)
+    emits no warning of its own: the only warnings a user sees are their code's."""
+    mutants = [m for m in MUTANTS if m.formula == formula]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for m in mutants:
+            run_check(m.formula, m.fn, **m.options)
+    ours = [w for w in caught if "rlhf_oracle" in w.filename or "numpy" in w.filename]
+    assert not ours, [(w.filename, w.lineno, str(w.message)) for w in ours]
