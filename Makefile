@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: install demo test test-slow lint docs docs-serve clean
+.PHONY: install demo demo-advantages test test-slow lint docs docs-serve clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,10 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	$(VENV)/bin/rlhf-oracle demo
+
+# the demo once per advantage estimator (GAE and the critic-free ones), then the README's table: about 7 minutes
+demo-advantages: install
+	$(PY) scripts/compare_advantages.py
 
 # the default suite on both cores (pytest-xdist): about 5.5 min here, 12.5 min sequentially
 test: install
