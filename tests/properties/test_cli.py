@@ -374,7 +374,7 @@ def test_preset_from_the_command_line(losses: Path, capsys: pytest.CaptureFixtur
     assert "preset 'trl' is ambiguous for policy_loss" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("width", [80, 120])
+@pytest.mark.parametrize("width", [80])
 def test_the_note_column_wraps_at_spaces_and_keeps_brackets(
     losses: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, width: int
 ) -> None:
