@@ -80,7 +80,7 @@ def test_kill_rate(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "formula", ["policy_loss", "kl_estimate", "gae", "whiten", "reinforce_pp_advantages", "rloo_advantages", "dpo_loss"]
+    "formula", ["kl_estimate", "gae", "whiten", "reinforce_pp_advantages", "grpo_advantages", "dpo_loss"]
 )
 def test_the_oracle_leaks_no_warning_into_the_users_output(formula: str) -> None:
     """A check of a wrong candidate (every property, the diagnosis's variants on degenerate inputs included)
