@@ -656,8 +656,9 @@ def _rpp_baseline(*, kl_before: bool = False, group_std: bool = False, singleton
             centred = groups
         else:
             centred = groups - groups.mean(-1, keepdim=True)
-            if group_std:
-                centred = centred / (groups.std(-1, keepdim=True) + 1e-6)
+            if group_std:  # (a group of one has no std: NaN, without torch's degrees-of-freedom warning)
+                std = groups.std(-1, keepdim=True) if group_size > 1 else torch.full_like(groups, torch.nan)
+                centred = centred / (std + 1e-6)
         x = _where0(m, centred.reshape(-1, 1).expand(m.shape))
         if not kl_before:
             x = x + _returns(k, m, 1.0)

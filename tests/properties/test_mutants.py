@@ -63,6 +63,7 @@ def test_third_party_convention_is_named_then_accepted(variant: Variant3P) -> No
     assert "FAILED" not in maths.values(), accepted.message()
 
 
+@pytest.mark.slow  # (under xdist each worker sees only its share of RESULTS: the sequential slow run reports it)
 def test_kill_rate(capsys: pytest.CaptureFixture[str]) -> None:
     if len(RESULTS) < len(MUTANTS):  # run alone: compute the missing ones
         for m in MUTANTS:
