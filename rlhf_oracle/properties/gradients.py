@@ -54,6 +54,9 @@ class Grad(NamedTuple):
     value: np.ndarray
     alternative: np.ndarray
     scale: np.ndarray | None = None
+    further: np.ndarray | None = None
+    """Where two kinks meet (a sum of kinked terms), the subgradients fill the interval spanned by ``value``,
+    ``alternative`` and this (NaN elsewhere): e.g. PPO's clip and |Delta|'s 0 on the same token."""
 
 
 @dataclass(frozen=True)

@@ -55,3 +55,26 @@ def test_value_clip_bound_hit_exactly_in_float32() -> None:
         per_token=("values", "old_values", "returns"),
     )
     assert _grad_error("value_loss", case) <= 1.0
+
+
+def test_two_kinks_on_one_token_of_the_actor_loss() -> None:
+    # found by the thorough profile (float64): r = exp(log 0.9) sits on PPO's lower bound (1 - eps) and
+    # Delta = logp - logp_ref = 0 on |Delta|'s kink; torch.abs takes the subgradient 0 there, so the twin's
+    # gradient -0.9 = -r A + 0.05 * 0 is a sum of valid subgradients, outside the segment between the
+    # reference's -0.85 and the sum of the two other sides; the subgradients of a sum span an interval
+    mask = np.array([[True, False]])
+    logp = np.array([[-0.10536051565782628, 0.0]])
+    kwargs = {"clip_eps": 0.1, "logp_ref": np.array([[-0.10536051565782628, -1.0]]), "loss": "ppo",
+              "kl_coef": 0.05, "kl_kind": "abs"}  # fmt: skip
+    case = Case("actor_loss", (logp, np.zeros((1, 2)), np.ones((1, 2)), mask),
+                ("logp", "logp_old", "advantages", "mask"), kwargs, mask,
+                ("logp", "logp_old", "advantages"))  # fmt: skip
+    assert _grad_error("actor_loss", case, dtype=torch.float64) <= 1.0
+
+    def slope_minus_four(logp: torch.Tensor, *args: object, **kw: object) -> torch.Tensor:
+        # a candidate whose |Delta| slope at 0 is -4 (not a subgradient of |.|): -1.1, outside [-0.95, 0.05]
+        out = T.actor_loss(logp, *args, **kw)  # type: ignore[arg-type]
+        return out - 0.05 * 4.0 * (logp[0, 0] - logp[0, 0].detach())
+
+    with pytest.raises(Exception, match="differs"):
+        _grad_error("actor_loss", case, slope_minus_four, dtype=torch.float64)

@@ -142,15 +142,28 @@ def _tolerance(c: Case) -> Conditioning:
 
 
 def _add(total: Grad | None, g: Grad, coef: float) -> Grad:
-    """``total + coef * g``; a kink of either term is a kink of the sum (the other side: that term's other side)."""
+    """``total + coef * g``; a kink of either term is a kink of the sum. The subgradients of a sum are the sums of
+    the terms' subgradients: where both terms kink, the interval between the smallest and the largest corner (the
+    reference's own value lies inside it)."""
     value, alt = coef * g.value, coef * g.alternative
     scale = abs(coef) * (np.abs(g.value) if g.scale is None else g.scale)
     if total is None:
         return Grad(value, alt, scale)
-    both_smooth = np.isnan(total.alternative) & np.isnan(alt)
-    other = np.where(np.isnan(total.alternative), total.value, total.alternative) + np.where(np.isnan(alt), value, alt)
     assert total.scale is not None
-    return Grad(total.value + value, np.where(both_smooth, np.nan, other), total.scale + scale)
+    t_lo, t_hi = _interval(total)
+    lo, hi = t_lo + np.fmin(value, alt), t_hi + np.fmax(value, alt)
+    kinked = ~(np.isnan(total.alternative) & np.isnan(alt))
+    sum_value = total.value + value
+    # the interval as (alternative, further): its two ends
+    return Grad(sum_value, np.where(kinked, lo, np.nan), total.scale + scale, np.where(kinked, hi, np.nan))
+
+
+def _interval(g: Grad) -> tuple[np.ndarray, np.ndarray]:
+    """The subgradient interval of ``g`` (its value where smooth)."""
+    lo, hi = np.fmin(g.value, g.alternative), np.fmax(g.value, g.alternative)
+    if g.further is not None:
+        lo, hi = np.fmin(lo, g.further), np.fmax(hi, g.further)
+    return lo, hi
 
 
 def _gradient(c: Case, w: np.ndarray) -> dict[str, Grad]:
