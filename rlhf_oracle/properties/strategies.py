@@ -124,15 +124,17 @@ def _batched(case: Case) -> list[str]:
 
 def edge_case(case: Case, kind: str, row: int = 0, position: int = 0) -> Case:
     """``case`` made degenerate: one row all masked, a single valid token in the batch, every token masked, or
-    only the first row (B = 1)."""
+    only the first row (B = 1; the first group of ``group_size`` rows for the group formulas)."""
     assert case.mask is not None
     m = case.mask.copy()
     b, t = m.shape
     if kind == "empty row" and b == 1:
         kind = "all masked"
-    if kind == "B = 1":
+    if kind == "B = 1":  # one prompt: for the group formulas its whole group (one row is not a valid batch there)
         named = case.named()
-        return replace(case.with_inputs(**{n: np.asarray(named[n])[:1] for n in _batched(case)}), mask=m[:1], edge=kind)
+        keep = int(named.get("group_size", 1))
+        return replace(case.with_inputs(**{n: np.asarray(named[n])[:keep] for n in _batched(case)}), mask=m[:keep],
+                       edge=kind)  # fmt: skip
     if kind == "empty row":
         m[row % b] = False
     elif kind == "one valid token":
