@@ -132,8 +132,8 @@ def edge_case(case: Case, kind: str, row: int = 0, position: int = 0) -> Case:
         kind = "all masked"
     if kind == "B = 1":  # one prompt: for the group formulas its whole group (one row is not a valid batch there)
         named = case.named()
-        keep = int(named.get("group_size", 1))
-        return replace(case.with_inputs(**{n: np.asarray(named[n])[:keep] for n in _batched(case)}), mask=m[:keep],
+        first = int(named.get("group_size", 1))
+        return replace(case.with_inputs(**{n: np.asarray(named[n])[:first] for n in _batched(case)}), mask=m[:first],
                        edge=kind)  # fmt: skip
     if kind == "empty row":
         m[row % b] = False
