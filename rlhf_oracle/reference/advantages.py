@@ -166,10 +166,7 @@ def grpo_advantages(
     std_normalize = v.flag(fn, "std_normalize", std_normalize)
     unbiased = v.flag(fn, "unbiased", unbiased)
     s = v.as_float(fn, "scores", scores, ndim=1, shape_doc="[B]")
-    if isinstance(group_size, bool) or not isinstance(group_size, int | np.integer) or group_size < 2:
-        raise ValueError(f"{fn}: 'group_size' must be an int >= 2, got {group_size}")
-    if s.shape[0] % group_size != 0:
-        raise ValueError(f"{fn}: 'scores' has {s.shape[0]} rows, not a multiple of group_size={group_size}")
+    group_size = v.group_size(fn, group_size, s.shape[0], 2)
     e = v.non_negative(fn, "eps", eps)
     std_level = v.choice(fn, "std_level", std_level, STD_LEVELS)
     v.finite(fn, "scores", s)

@@ -21,7 +21,6 @@ GAE algorithm (no Python loop over tokens):
 from __future__ import annotations
 
 import math
-import operator
 from typing import NamedTuple
 
 import torch
@@ -65,6 +64,14 @@ def _discounted_reverse_cumsum(x: torch.Tensor, g: float, chunk: int, stride: in
     decay = torch.pow(base, ((chunk - idx) * stride).to(x.dtype))  # g^(C - i): from position i to the next block
     out = local + decay * carry[:, :, None]
     return out.reshape(batch, n_blocks * chunk)[:, :length]
+
+
+def _compaction(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(order, slot) of steps 1 and 4: ``x.gather(1, order)`` moves each row's valid positions to the left, in
+    order (holes skipped); ``compact.gather(1, slot)`` puts each valid position's value back."""
+    order = torch.argsort((~m).to(torch.int32), dim=-1, stable=True)  # valid positions first, in order
+    slot = (m.to(torch.long).cumsum(dim=-1) - 1).clamp(min=0)  # compacted index of each valid position
+    return order, slot
 
 
 def _gae_inputs(
@@ -114,13 +121,12 @@ def gae(
 
     r0 = torch.where(m, r.to(acc), 0.0)
     v0 = torch.where(m, val.to(acc), 0.0)
-    order = torch.argsort((~m).to(torch.int32), dim=-1, stable=True)  # valid positions first, in order
+    order, slot = _compaction(m)
     rc = r0.gather(1, order)
     vc = v0.gather(1, order)
     v_next = torch.nn.functional.pad(vc[:, 1:], (0, 1))  # 0 after the last valid token (the tail is 0)
     delta = rc + g * v_next - vc
     adv_compact = _discounted_reverse_cumsum(delta, g * lm, chunk)
-    slot = (m.to(torch.long).cumsum(dim=-1) - 1).clamp(min=0)  # compacted index of each valid position
     adv = torch.where(m, adv_compact.gather(1, slot), 0.0)
     ret = torch.where(m, adv + v0, 0.0)
     return GAEResult(adv.to(out_dtype), ret.to(out_dtype))
@@ -216,16 +222,7 @@ def grpo_advantages(
     std_normalize = v.flag(fn, "std_normalize", std_normalize)
     unbiased = v.flag(fn, "unbiased", unbiased)
     s = v.as_float(fn, "scores", scores, ndim=1, shape_doc="[B]")
-    size = None
-    if not isinstance(group_size, bool):
-        try:
-            size = operator.index(group_size)
-        except TypeError:
-            size = None
-    if size is None or size < 2:
-        raise ValueError(f"{fn}: 'group_size' must be an int >= 2, got {group_size}")
-    if s.shape[0] % size != 0:
-        raise ValueError(f"{fn}: 'scores' has {s.shape[0]} rows, not a multiple of group_size={group_size}")
+    size = v.group_size(fn, group_size, s.shape[0], 2)
     e = v.non_negative(fn, "eps", eps)
     std_level = v.choice(fn, "std_level", std_level, STD_LEVELS)
     v.finite(fn, "scores", s)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from . import _validation as v
-from .advantages import GAE_CHUNK, _discounted_reverse_cumsum, whiten
+from .advantages import GAE_CHUNK, _compaction, _discounted_reverse_cumsum, whiten
 
 __all__ = [
     "KL_POSITIONS",
@@ -43,9 +43,8 @@ def _returns_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> t
     if batch == 0 or length == 0:
         return torch.zeros_like(rewards)
     r0 = torch.where(mask, rewards, 0.0)
-    order = torch.argsort((~mask).to(torch.int32), dim=-1, stable=True)  # valid positions first, in order
+    order, slot = _compaction(mask)
     compact = _discounted_reverse_cumsum(r0.gather(1, order), gamma, GAE_CHUNK)
-    slot = (mask.to(torch.long).cumsum(dim=-1) - 1).clamp(min=0)  # compacted index of each valid position
     return torch.where(mask, compact.gather(1, slot), 0.0)
 
 
