@@ -118,14 +118,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fail (instead of reporting as 'differs') a value returned where the reference refuses the input",
     )
     group = parser.add_argument_group("conventions (passed to the reference, and to the function if it accepts them)")
-    for name, help_text in _conventions().items():
+    conventions = _conventions()
+    for name, help_text in conventions.items():
         flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
         group.add_argument(*flags, dest=f"conv_{name}", type=parse_value, default=argparse.SUPPRESS, help=help_text)
     from rlhf_oracle.properties.presets import FRAMEWORK_OPTIONS
 
     options = parser.add_argument_group("framework option names (translated into the conventions above)")
     for name, help_text in FRAMEWORK_OPTIONS.items():
-        if name in _conventions():
+        if name in conventions:
             continue
         flags = [f"--{name.replace('_', '-')}", f"--{name}"]
         options.add_argument(*flags, dest=f"conv_{name}", type=parse_value, default=argparse.SUPPRESS, help=help_text)

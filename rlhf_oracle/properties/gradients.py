@@ -58,6 +58,13 @@ class Grad(NamedTuple):
     """Where two kinks meet (a sum of kinked terms), the subgradients fill the interval spanned by ``value``,
     ``alternative`` and this (NaN elsewhere): e.g. PPO's clip and |Delta|'s 0 on the same token."""
 
+    def interval(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi): the subgradients at each element (``value`` itself where the gradient is smooth)."""
+        lo, hi = np.fmin(self.value, self.alternative), np.fmax(self.value, self.alternative)
+        if self.further is not None:
+            lo, hi = np.fmin(lo, self.further), np.fmax(hi, self.further)
+        return lo, hi
+
 
 @dataclass(frozen=True)
 class GradientVariant:

@@ -41,7 +41,7 @@ from .calls import (
 )
 from .cases import Case
 from .diagnosis import grad_diagnosis
-from .gradients import kink_band, weights_for
+from .gradients import Grad, kink_band, weights_for
 from .registry import FormulaSpec
 from .report import PROPERTIES, WAIVABLE, Failure, PropertyResult
 
@@ -266,7 +266,8 @@ def _grad_body(ctx: Context, case: Case, prop: str = "gradients") -> float:
     worst = 0.0
     for (name, leaf), g in zip(leaves.items(), grads, strict=True):
         actual = np.zeros(leaf.shape) if g is None else g.detach().to("cpu", torch.float64).numpy()
-        exp, alt, terms, further = expected[name]
+        grad = expected[name]
+        exp, alt, terms = grad.value, grad.alternative, grad.scale
         magnitude = _input_magnitude(rc)
         # relative to the largest gradient component (1/size where the whole gradient is 0) or to the size of the
         # terms that cancel in it, times the input magnitude (exp/log-softmax errors grow with it)
@@ -281,7 +282,7 @@ def _grad_body(ctx: Context, case: Case, prop: str = "gradients") -> float:
         allowed = tol.bound(ctx.dtype, exp, cond, gscale, grad=True).copy()
         if rc.mask is not None and name in rc.per_token:
             allowed = np.where(rc.mask, allowed, 0.0)  # exactly 0 (and finite) at masked positions
-        ratio = tol.error_ratio(actual, _nearest_subgradient(actual, exp, alt, further), allowed)
+        ratio = tol.error_ratio(actual, _nearest_subgradient(actual, grad), allowed)
         r = float(ratio.max(initial=0.0))
         if r > 1.0:
             idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(ratio)), ratio.shape))
@@ -300,19 +301,15 @@ def _grad_body(ctx: Context, case: Case, prop: str = "gradients") -> float:
     return worst
 
 
-def _nearest_subgradient(
-    actual: np.ndarray, expected: np.ndarray, alternative: np.ndarray, further: np.ndarray | None = None
-) -> np.ndarray:
-    """The point of the segment [expected, alternative] nearest to ``actual`` at a kink (any convex combination of
-    the two one-sided derivatives is a subgradient: torch.minimum/maximum give 0.5/0.5 at a tie), ``expected``
-    elsewhere (``alternative`` NaN); where two kinks meet, the interval also spans ``further``."""
-    kink = np.isfinite(alternative) & np.isfinite(actual)
+def _nearest_subgradient(actual: np.ndarray, grad: Grad) -> np.ndarray:
+    """The point of the subgradient interval (:meth:`Grad.interval`) nearest to ``actual`` at a kink (any convex
+    combination of the one-sided derivatives is a subgradient: torch.minimum/maximum give 0.5/0.5 at a tie), the
+    expected value elsewhere (``alternative`` NaN)."""
+    kink = np.isfinite(grad.alternative) & np.isfinite(actual)
+    lo, hi = grad.interval()
     with np.errstate(all="ignore"):
-        lo, hi = np.minimum(expected, alternative), np.maximum(expected, alternative)
-        if further is not None:
-            lo, hi = np.fmin(lo, further), np.fmax(hi, further)
         nearest = np.clip(actual, lo, hi)
-    return np.where(kink, nearest, expected)
+    return np.where(kink, nearest, grad.value)
 
 
 def _input_magnitude(case: Case) -> float:

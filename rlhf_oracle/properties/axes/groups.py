@@ -9,6 +9,8 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from rlhf_oracle import reference as R
+
 from ..cases import Draw, advantages_like
 
 __all__ = ["WHITENINGS", "draw_group_size", "group_scores", "returns_to_go", "whiten_by"]
@@ -34,14 +36,9 @@ def draw_group_size(draw: Draw, allow_one: bool) -> int:
 
 
 def returns_to_go(x: np.ndarray, m: np.ndarray, gamma: float) -> np.ndarray:
-    """The return-to-go of ``x`` over the valid tokens (of ``|x|``: the size of the terms each return sums)."""
-    out = np.zeros_like(x)
-    for b in range(x.shape[0]):
-        running = 0.0
-        for t in reversed(np.flatnonzero(m[b])):
-            running = x[b, t] + gamma * running
-            out[b, t] = running
-    return out
+    """The return-to-go of ``x`` over the valid tokens (of ``|x|``: the size of the terms each return sums): the
+    reference's GAE with V = 0 and lambda = 1."""
+    return np.asarray(R.gae(x, np.zeros_like(x), m, gamma=gamma, lam=1.0).advantages)
 
 
 WHITENINGS = {

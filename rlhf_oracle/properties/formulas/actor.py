@@ -150,20 +150,12 @@ def _add(total: Grad | None, g: Grad, coef: float) -> Grad:
     if total is None:
         return Grad(value, alt, scale)
     assert total.scale is not None
-    t_lo, t_hi = _interval(total)
+    t_lo, t_hi = total.interval()
     lo, hi = t_lo + np.fmin(value, alt), t_hi + np.fmax(value, alt)
     kinked = ~(np.isnan(total.alternative) & np.isnan(alt))
     sum_value = total.value + value
     # the interval as (alternative, further): its two ends
     return Grad(sum_value, np.where(kinked, lo, np.nan), total.scale + scale, np.where(kinked, hi, np.nan))
-
-
-def _interval(g: Grad) -> tuple[np.ndarray, np.ndarray]:
-    """The subgradient interval of ``g`` (its value where smooth)."""
-    lo, hi = np.fmin(g.value, g.alternative), np.fmax(g.value, g.alternative)
-    if g.further is not None:
-        lo, hi = np.fmin(lo, g.further), np.fmax(hi, g.further)
-    return lo, hi
 
 
 def _gradient(c: Case, w: np.ndarray) -> dict[str, Grad]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import numpy as np
 from hypothesis import strategies as st
@@ -168,8 +169,17 @@ def _tol_rpp(c: Case) -> Conditioning:
     return cond, scale
 
 
-def _rppb_x(c: Case, *, absolute: bool) -> np.ndarray:
-    """The value the REINFORCE++-baseline whitens (or the size of its terms, ``absolute``)."""
+def _group_centred(groups: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """The reference's baseline: each group's scores minus the group mean."""
+    centred: np.ndarray = groups - groups.mean(1, keepdims=True)
+    return centred
+
+
+def _rppb_x(
+    c: Case, *, absolute: bool = False, centring: Callable[[np.ndarray, np.ndarray], np.ndarray] = _group_centred
+) -> np.ndarray:
+    """The value the REINFORCE++-baseline whitens (or the size of its terms, ``absolute``); ``centring(groups,
+    scores)`` removes the baseline (a variant's own reading)."""
     assert c.mask is not None
     s = tol.finite(c.named()["scores"])
     n = int(c.arg("group_size"))
@@ -181,7 +191,8 @@ def _rppb_x(c: Case, *, absolute: bool) -> np.ndarray:
     if absolute:
         centred = np.abs(groups) + np.abs(groups).mean(1, keepdims=True)
     else:
-        centred = groups - groups.mean(1, keepdims=True)
+        with np.errstate(all="ignore"):
+            centred = centring(groups, s)
     x = np.where(c.mask, centred.reshape(-1)[:, None], 0.0)
     if not before:
         kk = np.abs(k) if absolute else k
@@ -298,32 +309,21 @@ def _rpp_variants() -> list[Variant]:
 
 def _rppb_np(c: Case, variant: str) -> np.ndarray:
     assert c.mask is not None
-    m = c.mask
-    s = np.asarray(c.named()["scores"], dtype=np.float64)
     n = int(c.arg("group_size"))
-    unbiased, eps = bool(c.arg("unbiased")), float(c.arg("eps"))
-    k = c.arg("kl_rewards")
-    kk = np.zeros(m.shape) if k is None else where(m, np.asarray(k, dtype=np.float64))
-    before = c.arg("kl_position") == "before"
-    if before:
-        s = s + kk.sum(1)
-    groups = s.reshape(-1, n)
-    with np.errstate(all="ignore"):
-        if variant.startswith("a group of one keeps its score (verl)"):
-            if n != 1:
-                raise NotImplementedError(variant)
-            centred = groups
-        elif variant == "batch mean, not group mean":
-            if n == 1:  # (for groups of one the same reading as the singleton convention, which names it)
-                raise NotImplementedError(variant)
-            centred = groups - s.mean()
-        elif variant == "divided by the group std":
-            centred = (groups - groups.mean(1, keepdims=True)) / (groups.std(1, ddof=1, keepdims=True) + 1e-6)
-        else:
-            centred = groups - groups.mean(1, keepdims=True)
-        x = where(m, centred.reshape(-1)[:, None])
-        if not before:
-            x = x + returns_to_go(kk, m, 1.0)
+    if variant.startswith("a group of one keeps its score (verl)"):
+        if n != 1:
+            raise NotImplementedError(variant)
+        x = _rppb_x(c, centring=lambda groups, s: groups)
+    elif variant == "batch mean, not group mean":
+        if n == 1:  # (for groups of one the same reading as the singleton convention, which names it)
+            raise NotImplementedError(variant)
+        x = _rppb_x(c, centring=lambda groups, s: groups - s.mean())
+    elif variant == "divided by the group std":
+        x = _rppb_x(c, centring=lambda groups, s: _group_centred(groups, s) / (groups.std(1, ddof=1, keepdims=True)
+                                                                            + 1e-6))  # fmt: skip
+    else:
+        x = _rppb_x(c)
+    m, unbiased, eps = c.mask, bool(c.arg("unbiased")), float(c.arg("eps"))
     if variant in ("not whitened", "divided by the group std"):
         return where(m, x)
     if variant == _VERL_SINGLETON:
@@ -371,14 +371,8 @@ def _remax_np(c: Case, variant: str) -> np.ndarray:
         return where(m, r - b)
     if variant == "whole-sequence sum at every token":
         return where(m, r.sum(1, keepdims=True) - b)
-    if variant == "return carried into the next sequence":
-        g = np.zeros_like(r)
-        running = 0.0
-        for row in reversed(range(r.shape[0])):
-            for t in reversed(np.flatnonzero(m[row])):
-                running = r[row, t] + running
-                g[row, t] = running
-        return where(m, g - b)
+    if variant == "return carried into the next sequence":  # one return over the flattened batch
+        return where(m, returns_to_go(r.reshape(1, -1), m.reshape(1, -1), 1.0).reshape(r.shape) - b)
     raise NotImplementedError(variant)
 
 
