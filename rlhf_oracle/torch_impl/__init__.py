@@ -8,8 +8,15 @@ full-size float32 copy of the logits exists.
 Value checks (NaN/inf at valid positions, mask values, empty rows, k3 overflow, token range) force a device sync;
 turn them off with :func:`set_value_checks` ``(False)`` or ``with value_checks(False):``. They are skipped
 automatically while ``torch.compile`` traces. Shape, dtype and hyper-parameter checks always run.
+
+One kernel is compiled by the twin itself: forward-only log-probabilities of large bf16/fp16 logits on CPU (the
+reference-model and old-policy passes) go through a log-sum-exp that Inductor fuses into one read of the logits,
+compiled on first use (a few seconds once per process). Where compilation is off, disabled or unavailable the eager
+path gives the same values; :func:`set_compiled_kernels` ``(False)`` or ``RLHF_ORACLE_COMPILE=0`` turns it off.
 """
 
+from ._compiled import compiled_kernels_enabled as compiled_kernels_enabled
+from ._compiled import set_compiled_kernels as set_compiled_kernels
 from ._validation import set_value_checks as set_value_checks
 from ._validation import value_checks as value_checks
 from ._validation import value_checks_enabled as value_checks_enabled
@@ -86,6 +93,7 @@ __all__ = [
     "adaptive_kl_update",
     "aggregate",
     "cispo_loss",
+    "compiled_kernels_enabled",
     "dpo_loss",
     "dynamic_sampling_mask",
     "entropy_from_logits",
@@ -116,6 +124,7 @@ __all__ = [
     "rloo_advantages",
     "rollout_is_weights",
     "sapo_loss",
+    "set_compiled_kernels",
     "set_value_checks",
     "token_logprobs",
     "value_checks",
