@@ -6,13 +6,14 @@ for bf16/fp16 input, the input dtype otherwise), divided by the temperature, tur
 and reduced at once: the chosen token's log-probability is a gather, the entropy a dot product of the
 probabilities with the log-probabilities. No second tensor of the logits' size is built in the forward pass.
 
-Forward-only log-probabilities of bf16/fp16 logits (no autograd needed: the rollout, reference and old-policy
-passes) take a shorter path. On CPU, inputs of at least :data:`COMPILED_MIN_ELEMENTS` go through
-:func:`_logsumexp_rows`, compiled by Inductor on first use (:mod:`._compiled`): one loop per row reads the half
-logits into registers and keeps two floats (the row's log-sum-exp and a finiteness probe), so nothing of the
-logits' size is written. Elsewhere (small inputs, accelerators, compilation off or unavailable) it is
-:func:`_forward_only_half`: PyTorch's fused ``log_softmax`` in place on a float32 chunk, then a gather. Both compute
-in float32 and round once.
+Log-probabilities of large bf16/fp16 logits on CPU (at least :data:`COMPILED_MIN_ELEMENTS`, no explicit
+``chunk_size``) take kernels compiled by Inductor on first use (:mod:`._compiled`): :func:`_logsumexp_rows` reads
+each row of half logits once into registers and keeps four floats (log-probability, finiteness probe, maximum,
+log-sum-exp), so nothing of the logits' size is written; with autograd, :func:`_logprob_grad_rows` writes the
+gradient in one fused read-and-write (:class:`_CompiledLogprobs`). Without autograd and outside their reach (small
+inputs, accelerators, compilation off or unavailable), half log-probabilities take :func:`_forward_only_half`:
+PyTorch's fused ``log_softmax`` in place on a float32 chunk, then a gather (the rollout, reference and old-policy
+passes). All compute in float32 and round once. The entropy and the fused pair use the chunked kernel below.
 
 Autograd goes through one custom :class:`torch.autograd.Function` for both outputs. Its backward recomputes the
 chunk's log-softmax and writes
@@ -207,37 +208,49 @@ class _LogprobsEntropy(torch.autograd.Function):
         logits, tokens, h, shift, log_s = ctx.saved_tensors
         if not ctx.needs_input_grad[0] or (grad_lp is None and grad_h is None):
             return None, *none
-        tau: float = ctx.tau
-        acc = v.acc_dtype(logits.dtype)
-        n = shift.numel()
-        g_lp = grad_lp.reshape(n, 1).to(acc) if grad_lp is not None and tokens is not None else None
-        g_h = grad_h.reshape(n, 1).to(acc) if grad_h is not None and h.numel() else None
-        h, log_s = h.view(-1, 1), log_s.view(-1, 1)
-        grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
-        grad_rows = grad.view(-1, logits.shape[-1])
-        direct = grad.dtype == acc  # float32/float64 logits: each chunk's gradient is computed in place
-        work = _Workspace(logits, ctx.rows, acc, 1 if direct else 2)
-        for s, e, chunk in _chunks(logits, ctx.rows):
-            dst = grad_rows[s:e]
-            log_p = work[0, e - s]
-            _shifted(chunk, log_p, tau, shift[s:e, None])
-            log_p.sub_(log_s[s:e])
-            gz = torch.exp(log_p, out=dst if direct else work[1, e - s])  # p
-            if g_h is None:  # log-probs only: g_lp (onehot(o) - p)
-                assert g_lp is not None
-                gz.mul_(-g_lp[s:e])
-            else:  # g_lp onehot(o) - p (g_lp + g_H (log p + H))
-                coef = log_p.add_(h[s:e]).mul_(-g_h[s:e])
-                if g_lp is not None:
-                    coef.sub_(g_lp[s:e])
-                gz.mul_(coef)
+        g_lp = grad_lp if tokens is not None else None
+        g_h = grad_h if h.numel() else None
+        return _eager_logits_grad(logits, tokens, g_lp, g_h, h, shift, log_s, ctx.tau, ctx.rows), *none
+
+
+def _eager_logits_grad(
+    logits: torch.Tensor, tokens: torch.Tensor | None, grad_lp: torch.Tensor | None, grad_h: torch.Tensor | None,
+    h: torch.Tensor, shift: torch.Tensor, log_s: torch.Tensor, tau: float, rows: int,
+) -> torch.Tensor:  # fmt: skip
+    """The gradient of the logits, chunk by chunk: the chunk's log-softmax recomputed from the saved row maxima
+    ``shift`` and log-sum-exps ``log_s`` (both [rows]), then g_lp onehot(o) - p (g_lp + g_H (log p + H)), divided
+    by tau, written into one preallocated gradient (float32 logits) or through one chunk buffer (bf16/fp16)."""
+    acc = v.acc_dtype(logits.dtype)
+    n = shift.numel()
+    g_lp = grad_lp.reshape(n, 1).to(acc) if grad_lp is not None else None
+    g_h = grad_h.reshape(n, 1).to(acc) if grad_h is not None else None
+    h, log_s = h.view(-1, 1), log_s.view(-1, 1)
+    grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
+    grad_rows = grad.view(-1, logits.shape[-1])
+    direct = grad.dtype == acc  # float32/float64 logits: each chunk's gradient is computed in place
+    work = _Workspace(logits, rows, acc, 1 if direct else 2)
+    for s, e, chunk in _chunks(logits, rows):
+        dst = grad_rows[s:e]
+        log_p = work[0, e - s]
+        _shifted(chunk, log_p, tau, shift[s:e, None])
+        log_p.sub_(log_s[s:e])
+        gz = torch.exp(log_p, out=dst if direct else work[1, e - s])  # p
+        if g_h is None:  # log-probs only: g_lp (onehot(o) - p)
+            assert g_lp is not None and tokens is not None
+            gz.mul_(-g_lp[s:e])
+        else:  # g_lp onehot(o) - p (g_lp + g_H (log p + H))
+            coef = log_p.add_(h[s:e]).mul_(-g_h[s:e])
             if g_lp is not None:
-                gz.scatter_add_(1, tokens[s:e], g_lp[s:e])
-            if tau != 1.0:
-                gz.div_(tau)
-            if not direct:
-                dst.copy_(gz)
-        return grad, *none
+                coef.sub_(g_lp[s:e])
+            gz.mul_(coef)
+        if g_lp is not None:
+            assert tokens is not None
+            gz.scatter_add_(1, tokens[s:e], g_lp[s:e])
+        if tau != 1.0:
+            gz.div_(tau)
+        if not direct:
+            dst.copy_(gz)
+    return grad
 
 
 HALF_DTYPES = (torch.bfloat16, torch.float16)
@@ -277,54 +290,126 @@ def _forward_only_half(
 
 def _logsumexp_rows(
     z: torch.Tensor, tokens: torch.Tensor, tau: torch.Tensor, scale: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""The compiled kernel of forward-only half log-probabilities: ``z`` [rows, V] bf16/fp16, ``tokens`` [rows]
-    int64, ``tau`` the temperature and ``scale`` :math:`\log_2(e)/\tau`, both 0-d float32 tensors (tensors, so
-    that a new temperature is not a new compilation).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""The compiled kernel of half log-probabilities: ``z`` [rows, V] bf16/fp16, ``tokens`` [rows] int64, ``tau``
+    the temperature and ``scale`` :math:`\log_2(e)/\tau`, both 0-d float32 tensors (tensors, so that a new
+    temperature is not a new compilation).
 
-    Returns (log-probabilities, probe), both [rows] float32. With :math:`m = \max_v z_v` (the half values are exact
-    in float32) and :math:`s = \sum_v 2^{(z_v - m)\,\log_2(e)/\tau} = \sum_v e^{(z_v - m)/\tau}`, the
+    Returns (log-probabilities, probe, m, log s), each [rows] float32. With :math:`m = \max_v z_v` (the half values
+    are exact in float32) and :math:`s = \sum_v 2^{(z_v - m)\,\log_2(e)/\tau} = \sum_v e^{(z_v - m)/\tau}`, the
     log-probability is :math:`(z_o - m)/\tau - \log s`; the probe :math:`\min_v z_v + s` is finite exactly when the
-    row is (NaN anywhere or +inf make ``s`` NaN, -inf makes the minimum -inf). ``exp2`` of a scaled difference is
-    the same number as ``exp`` up to one float32 rounding of the exponent, and about 10 % cheaper on CPU.
-    Inductor fuses it into one kernel: per row a max/min loop and a sum loop, reading the half values straight into
-    registers; nothing of the logits' size is written.
+    row is (NaN anywhere or +inf make ``s`` NaN, -inf makes the minimum -inf); m and log s are what the backward
+    pass needs (the eager path's ``shift`` and ``log_s``). ``exp2`` of a scaled difference is the same number as
+    ``exp`` up to one float32 rounding of the exponent, and about 10 % cheaper on CPU. Inductor fuses it into one
+    kernel: per row a max/min loop and a sum loop, reading the half values straight into registers; nothing of the
+    logits' size is written.
     """
     x = z.float()
     m = x.amax(dim=-1, keepdim=True)
     s = torch.exp2((x - m) * scale).sum(dim=-1)
-    lp = (x.gather(-1, tokens[:, None]).squeeze(-1) - m.squeeze(-1)) / tau - s.log()
-    return lp, x.amin(dim=-1) + s
+    log_s = s.log()
+    lp = (x.gather(-1, tokens[:, None]).squeeze(-1) - m.squeeze(-1)) / tau - log_s
+    return lp, x.amin(dim=-1) + s, m.squeeze(-1), log_s
 
 
+def _logprob_grad_rows(
+    z: torch.Tensor, tokens: torch.Tensor, g: torch.Tensor, m: torch.Tensor, log_s: torch.Tensor,
+    tau: torch.Tensor, scale: torch.Tensor,
+) -> torch.Tensor:  # fmt: skip
+    r"""The compiled backward of :func:`_logsumexp_rows`: :math:`\partial L/\partial z_v = g\,([v = o] - p_v)/\tau`
+    with :math:`p_v = 2^{(z_v - m)\log_2(e)/\tau - \log_2(e)\log s}` (``g``, ``m``, ``log_s`` [rows] float32),
+    rounded once to the dtype of ``z``: one read of the logits and one write of the gradient, fused."""
+    x = z.float()
+    p = torch.exp2((x - m[:, None]) * scale - log_s[:, None] * _LOG2E)
+    hit = torch.arange(z.shape[-1], device=z.device)[None, :] == tokens[:, None]
+    return ((hit.float() - p) * (g / tau)[:, None]).to(z.dtype)
+
+
+_LOG2E = 1.0 / math.log(2.0)
 _COMPILED_LOGSUMEXP = CompiledKernel(_logsumexp_rows)
+_COMPILED_LOGPROB_GRAD = CompiledKernel(_logprob_grad_rows)
+
+
+def _temperature_tensors(tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.tensor(tau, dtype=torch.float32), torch.tensor(_LOG2E / tau, dtype=torch.float32)
+
+
+def _compiled_blocks(logits: torch.Tensor) -> list[tuple[int, torch.Tensor]] | None:
+    """The [rows, V] blocks the compiled kernels read, or None where they do not apply (not CPU, below
+    :data:`COMPILED_MIN_ELEMENTS`, a block of fewer than two rows or not contiguous)."""
+    if logits.device.type != "cpu" or logits.numel() < COMPILED_MIN_ELEMENTS or logits.shape[-1] < 2:
+        return None
+    blocks = list(_row_blocks(logits))
+    if any(block.shape[0] < 2 or not block.is_contiguous() for _, block in blocks):
+        return None  # size 1 would be a second compilation (dynamic shapes specialise 0 and 1)
+    return blocks
+
+
+def _compiled_logsumexp(
+    logits: torch.Tensor, tokens: torch.Tensor, tau: float, check: str | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(log-probabilities, m, log s), each [B*T] float32, through the compiled kernel; None when it does not apply
+    or compilation is off or failed (the caller's eager path then). Refuses NaN/inf logits when ``check``."""
+    blocks = _compiled_blocks(logits)
+    if blocks is None:
+        return None
+    flat_tokens = tokens.reshape(-1)
+    tau_t, scale = _temperature_tensors(tau)
+    parts = []
+    for first, block in blocks:
+        out = _COMPILED_LOGSUMEXP(block, flat_tokens[first : first + block.shape[0]], tau_t, scale)
+        if out is None:
+            return None
+        parts.append(out)
+    if check and not all(bool(torch.isfinite(probe).all()) for _, probe, _, _ in parts):
+        raise ValueError(f"{check}: 'logits' contains NaN or inf")
+    if len(parts) == 1:
+        return parts[0][0], parts[0][2], parts[0][3]
+    lp, _, m, log_s = (torch.cat(column) for column in zip(*parts, strict=True))
+    return lp, m, log_s
 
 
 def _forward_only_compiled(
     logits: torch.Tensor, tokens: torch.Tensor, tau: float, check: str | None
 ) -> torch.Tensor | None:
-    """:func:`_forward_only_half` through the compiled kernel, or None when it does not apply (not CPU, too small,
-    a block of fewer than two rows or not contiguous, compilation off or failed): the caller's eager path then."""
-    vocab = logits.shape[-1]
-    if logits.device.type != "cpu" or logits.numel() < COMPILED_MIN_ELEMENTS or vocab < 2:
-        return None
-    blocks = list(_row_blocks(logits))
-    if any(block.shape[0] < 2 or not block.is_contiguous() for _, block in blocks):
-        return None  # size 1 would be a second compilation (dynamic shapes specialise 0 and 1)
-    flat_tokens = tokens.reshape(-1)
-    tau_t = torch.tensor(tau, dtype=torch.float32)
-    scale = torch.tensor(1.0 / (math.log(2.0) * tau), dtype=torch.float32)
-    lps, probes = [], []
-    for first, block in blocks:
-        out = _COMPILED_LOGSUMEXP(block, flat_tokens[first : first + block.shape[0]], tau_t, scale)
-        if out is None:
-            return None
-        lps.append(out[0])
-        probes.append(out[1])
-    lp = lps[0] if len(lps) == 1 else torch.cat(lps)
-    if check and not all(bool(torch.isfinite(p).all()) for p in probes):
-        raise ValueError(f"{check}: 'logits' contains NaN or inf")
-    return lp.view(logits.shape[:-1]).to(logits.dtype)
+    """:func:`_forward_only_half` through the compiled kernel, or None when it does not apply."""
+    out = _compiled_logsumexp(logits, tokens, tau, check)
+    return None if out is None else out[0].view(logits.shape[:-1]).to(logits.dtype)
+
+
+class _CompiledLogprobs(torch.autograd.Function):
+    """Half log-probabilities with autograd, the forward computed beforehand by the compiled kernel (``lp``, ``m``,
+    ``log_s`` [B*T] float32, not differentiated): the backward is :func:`_logprob_grad_rows` compiled, or the eager
+    chunked gradient where it does not apply (logits not one contiguous block) or compilation failed."""
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx, logits: torch.Tensor, tokens: torch.Tensor, lp: torch.Tensor, m: torch.Tensor,
+        log_s: torch.Tensor, tau: float, rows: int,
+    ) -> torch.Tensor:  # fmt: skip
+        ctx.save_for_backward(logits, tokens, m, log_s)
+        ctx.tau, ctx.rows = tau, rows  # type: ignore[attr-defined]
+        ctx.set_materialize_grads(False)
+        return lp.view(logits.shape[:-1]).to(logits.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(
+        ctx: Any, grad_lp: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, None, None, None, None, None, None]:
+        none = (None, None, None, None, None, None)
+        logits, tokens, m, log_s = ctx.saved_tensors
+        if not ctx.needs_input_grad[0] or grad_lp is None:
+            return None, *none
+        n = m.numel()
+        g = grad_lp.reshape(n).to(torch.float32).contiguous()
+        flat_tokens = tokens.reshape(n)
+        if logits.is_contiguous():
+            grad = _COMPILED_LOGPROB_GRAD(logits.view(n, -1), flat_tokens, g, m, log_s, *_temperature_tensors(ctx.tau))
+            if grad is not None:
+                return grad.view(logits.shape), *none
+        empty = m.new_empty(0)
+        return _eager_logits_grad(logits, flat_tokens[:, None], g, None, empty, m, log_s, ctx.tau, ctx.rows), *none
 
 
 def _takes_forward_only_path(logits: torch.Tensor) -> bool:
@@ -391,6 +476,11 @@ def token_logprobs(
                 return compiled
             rows = _chunk_length(z, None, FORWARD_ONLY_CHUNK_ELEMENTS)
         return _forward_only_half(z, o, tau, rows, _check_name(fn, z))
+    if chunk_size is None and z.dtype in HALF_DTYPES and not torch.compiler.is_compiling():
+        with torch.no_grad():
+            pre = _compiled_logsumexp(z, o, tau, _check_name(fn, z))
+        if pre is not None:
+            return cast(torch.Tensor, cast(Any, _CompiledLogprobs.apply)(z, o, *pre, tau, rows))
     return _fused(fn, z, o, tau, rows, False)[0]
 
 

@@ -31,8 +31,8 @@ def gen(seed: int) -> torch.Generator:
 
 def _spacing(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The spacing of ``dtype`` numbers at |x| (bf16: 8 significant bits, fp16: 11)."""
-    bits = 7 if dtype == torch.bfloat16 else 10
-    return torch.pow(2.0, torch.floor(torch.log2(x.abs().clamp_min(2.0**-126))) - bits)
+    bits, smallest_normal = (7, 2.0**-126) if dtype == torch.bfloat16 else (10, 2.0**-14)  # fp16: subnormals below
+    return torch.pow(2.0, torch.floor(torch.log2(x.abs().clamp_min(smallest_normal))) - bits)
 
 
 @pytest.fixture
@@ -189,3 +189,69 @@ def test_the_switch_takes_a_real_bool_and_the_environment_turns_it_off() -> None
         env = {**os.environ, "RLHF_ORACLE_COMPILE": value}
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
         assert out.stdout.strip() == expected
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# with autograd: the forward by the same kernel, the backward by its compiled gradient
+
+
+def _exact_grad(logits: torch.Tensor, tokens: torch.Tensor, weights: torch.Tensor, tau: float) -> torch.Tensor:
+    """d/dz sum_t w_t log softmax(z_t / tau)[o_t] in float64 autograd through torch.log_softmax (PyTorch's kernel)."""
+    z = logits.detach().double().requires_grad_(True)
+    lp = torch.log_softmax(z / tau, dim=-1).gather(-1, tokens[..., None]).squeeze(-1)
+    (lp * weights.double()).sum().backward()
+    assert z.grad is not None
+    return z.grad
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.7])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_compiled_gradient_is_the_exact_gradient_rounded_once(
+    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, tau: float
+) -> None:
+    monkeypatch.setattr(L, "COMPILED_MIN_ELEMENTS", 0)
+    logits = (4 * torch.randn(3, 40, 600, generator=gen(11))).to(dtype).requires_grad_(True)
+    tokens = torch.randint(0, 600, (3, 40), generator=gen(12))
+    weights = torch.randn(3, 40, generator=gen(13))
+    lp = ti.token_logprobs(logits, tokens, temperature=tau)
+    assert type(lp.grad_fn).__name__ == "_CompiledLogprobsBackward"
+    (lp.float() * weights).sum().backward()
+    assert logits.grad is not None and logits.grad.dtype == dtype
+    exact = _exact_grad(logits, tokens, weights.to(dtype), tau)  # the upstream gradient reaches lp in its dtype
+    # one rounding of a float32 value to the half dtype: half a unit, plus the float32 error of p = exp(t - log s)
+    # (relative, about |t| 2^-24 for exponents |t| up to ~50 here: 2^-16 bounds it) which can tip a near-tie
+    bound = 0.5 * _spacing(exact, dtype) + 2.0**-16 * exact.abs() + 1e-12
+    assert ((logits.grad.double() - exact).abs() <= bound).all()
+    # and the eager chunked gradient gives the same numbers up to one unit
+    eager = logits.detach().clone().requires_grad_(True)
+    (ti.token_logprobs(eager, tokens, temperature=tau, chunk_size=7).float() * weights).sum().backward()
+    assert eager.grad is not None
+    assert ((logits.grad.double() - eager.grad.double()).abs() <= _spacing(exact, dtype)).all()
+
+
+def test_compiled_forward_with_the_eager_gradient_on_sliced_logits(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(L, "COMPILED_MIN_ELEMENTS", 0)
+    full = torch.randn(2, 31, 300, generator=gen(14)).to(torch.bfloat16).requires_grad_(True)
+    tokens = torch.randint(0, 300, (2, 30), generator=gen(15))
+    lp = ti.token_logprobs(full[:, :-1], tokens)  # compiled per sequence block; the gradient is not one block
+    assert type(lp.grad_fn).__name__ == "_CompiledLogprobsBackward"
+    lp.float().sum().backward()
+    assert full.grad is not None
+    exact = _exact_grad(full[:, :-1], tokens, torch.ones(2, 30), 1.0)
+    assert full.grad[:, -1].abs().max() == 0  # the dropped last position gets no gradient
+    bound = 0.5 * _spacing(exact, torch.bfloat16) + 2.0**-16 * exact.abs() + 1e-12
+    assert ((full.grad[:, :-1].double() - exact).abs() <= bound).all()
+
+
+def test_a_failed_gradient_compilation_falls_back_to_the_eager_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(L, "COMPILED_MIN_ELEMENTS", 0)
+    broken = _compiled.CompiledKernel(L._logprob_grad_rows)
+    broken.failure = "RuntimeError: no C++ compiler"  # as if its first compilation had failed
+    monkeypatch.setattr(L, "_COMPILED_LOGPROB_GRAD", broken)
+    logits = torch.randn(2, 6, 40, generator=gen(16)).to(torch.bfloat16).requires_grad_(True)
+    tokens = torch.randint(0, 40, (2, 6), generator=gen(17))
+    ti.token_logprobs(logits, tokens).float().sum().backward()
+    want = logits.detach().clone().requires_grad_(True)
+    ti.token_logprobs(want, tokens, chunk_size=3).float().sum().backward()
+    assert logits.grad is not None and want.grad is not None
+    assert torch.equal(logits.grad, want.grad)  # the same eager arithmetic from the same saved m and log s

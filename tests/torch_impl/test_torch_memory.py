@@ -109,8 +109,12 @@ torch.set_num_threads(2)
 b, t, v = 1, 2048, 32768
 logits = torch.empty(b, t, v, dtype=torch.bfloat16).fill_(0.5)  # touched, so resident before 'before'
 tokens = torch.randint(0, v, (b, t))
-ti.set_compiled_kernels(sys.argv[1] == "compiled")
-with torch.no_grad():  # warm-up: one-off allocations, and the compilation (128 rows are above its threshold)
+ti.set_compiled_kernels(sys.argv[1].startswith("compiled"))
+# warm-up: one-off allocations, and the compilations (128 rows are above their threshold)
+warm = logits[:, :128].detach().requires_grad_(sys.argv[1].endswith("grad"))
+if warm.requires_grad:
+    ti.token_logprobs(warm, tokens[:, :128]).float().sum().backward()
+with torch.no_grad():
     ti.token_logprobs(logits[:, :128], tokens[:, :128])
     torch.log_softmax(logits[:, :4].float(), -1)
 
@@ -121,11 +125,15 @@ def status_kib(field):
 with open("/proc/self/clear_refs", "w") as fh:  # reset the high-water mark to the current resident set
     fh.write("5")
 before = status_kib("VmRSS")
-with torch.no_grad():
-    if sys.argv[1] in ("compiled", "chunked"):
-        out = ti.token_logprobs(logits, tokens)
-    else:
-        out = torch.log_softmax(logits.float(), -1).gather(-1, tokens[..., None]).squeeze(-1)
+if sys.argv[1].endswith("grad"):  # forward + backward: the gradient (one input-sized bf16 tensor) is the floor
+    x = logits.requires_grad_(True)
+    ti.token_logprobs(x, tokens).float().sum().backward()
+else:
+    with torch.no_grad():
+        if sys.argv[1] in ("compiled", "chunked"):
+            out = ti.token_logprobs(logits, tokens)
+        else:
+            out = torch.log_softmax(logits.float(), -1).gather(-1, tokens[..., None]).squeeze(-1)
 after = status_kib("VmHWM")
 print(json.dumps({"input_kib": logits.numel() * 2 // 1024, "extra_kib": after - before}))
 """
@@ -167,6 +175,14 @@ def test_peak_rss_chunked_and_compiled_vs_naive_bf16() -> None:
     for mode in ("chunked", "compiled"):
         assert results[mode]["extra_kib"] < input_kib // 8, results
         assert results[mode]["extra_kib"] < naive["extra_kib"] / 8, results
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/status and clear_refs are Linux's")
+def test_peak_rss_of_the_compiled_gradient_is_the_gradient() -> None:
+    results = _peak_extra(("compiled_grad", "chunked_grad"))
+    input_kib = results["compiled_grad"]["input_kib"]
+    for mode in ("compiled_grad", "chunked_grad"):  # the gradient itself, plus outputs and chunk buffers
+        assert input_kib <= results[mode]["extra_kib"] < input_kib + input_kib // 8, results
 
 
 @pytest.mark.gpu
