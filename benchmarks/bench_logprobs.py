@@ -76,6 +76,16 @@ def ours_separate() -> Implementation:
     })  # fmt: skip
 
 
+def ours_eager() -> Implementation:
+    """torch_impl with its compiled kernels off (the eager chunked path), the baseline of the compiled kernels."""
+
+    def logprobs(z: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        with ti.compiled_kernels(False):
+            return ti.token_logprobs(z, o)
+
+    return Implementation("torch_impl (eager)", {"logprobs": logprobs})
+
+
 def peers() -> list[Implementation]:
     """TRL, verl and OpenRLHF's functions, loaded from their pinned wheels (fetched if not cached)."""
     trl_root = fetch(*PINS["trl"])
@@ -107,8 +117,12 @@ def peers() -> list[Implementation]:
     ]  # fmt: skip
 
 
+OURS = 3
+"""How many of :func:`implementations` are torch_impl's own (the rest are the peers)."""
+
+
 def implementations() -> list[Implementation]:
-    return [ours(), ours_separate(), *peers()]
+    return [ours(), ours_separate(), ours_eager(), *peers()]
 
 
 def make_case(device: str, dtype: torch.dtype, shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,7 +235,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     shape = tuple(int(s) for s in args.shape.split(","))
     assert len(shape) == 3, "--shape is B,T,V"
     impls = implementations()
-    peer_names = [impl.name for impl in impls[2:]]
+    peer_names = [impl.name for impl in impls[OURS:]]
     rows: list[dict[str, Any]] = []
     for dtype_name in args.dtypes.split(","):
         dtype = getattr(torch, dtype_name)
@@ -238,6 +252,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 row["time_ratio"] = times["torch_impl"] / times[fastest]
                 if op == "both":
                     row["fused_vs_separate"] = times["torch_impl"] / times["torch_impl (2 calls)"]
+                if "torch_impl (eager)" in times:
+                    row["default_vs_eager"] = times["torch_impl"] / times["torch_impl (eager)"]
                 if args.memory:
                     mem = {name: peak_memory(name, op, args.device, dtype_name, shape, backward)  # type: ignore[arg-type]
                            for name in times}  # fmt: skip
@@ -264,7 +280,7 @@ def _line(row: dict[str, Any]) -> str:
 
 def table(result: dict[str, Any]) -> str:
     """The Markdown table of RESULTS.md: one row per cell, times in ms and peak extra memory in MiB."""
-    names = ["torch_impl", "torch_impl (2 calls)", *result["peers"]]
+    names = ["torch_impl", "torch_impl (2 calls)", "torch_impl (eager)", *result["peers"]]
     head = "| dtype | op | mode | " + " | ".join(f"{n} ms" for n in names) + " | ours / fastest peer |"
     has_memory = "peak_MiB" in result["rows"][0]
     if has_memory:
@@ -283,6 +299,11 @@ def table(result: dict[str, Any]) -> str:
     lines.append("")
     lines.append("Fused `logprobs_and_entropy` / the two separate calls: " + ", ".join(
         f"{r['dtype']} {r['mode']} {r['fused_vs_separate']:.2f}" for r in fused) + ".")  # fmt: skip
+    compiled = [r for r in result["rows"] if "default_vs_eager" in r]
+    if compiled:
+        lines.append("")
+        lines.append("Log-probs, torch_impl (compiled kernels where they apply) / torch_impl (eager): " + ", ".join(
+            f"{r['dtype']} {r['mode']} {r['default_vs_eager']:.2f}" for r in compiled) + ".")  # fmt: skip
     return "\n".join(lines)
 
 

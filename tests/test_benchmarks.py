@@ -45,7 +45,9 @@ def test_benchmark_runs_and_reports_every_cell(tmp_path: Path, mode: list[str]) 
         assert set(row["ms"]) >= {"torch_impl", *result["peers"]}
         fastest = min(row["ms"][p] for p in result["peers"])
         assert row["time_ratio"] == pytest.approx(row["ms"]["torch_impl"] / fastest)
-    assert "ours / fastest peer" in bench.table(result)
+    for row in result["rows"]:  # the compiled kernels' baseline: torch_impl with them off, in the same run
+        assert ("default_vs_eager" in row) == (row["op"] == "logprobs")
+    assert "ours / fastest peer" in bench.table(result) and "/ torch_impl (eager)" in bench.table(result)
 
 
 def test_peak_memory_of_one_cell_is_measured_against_the_floor() -> None:

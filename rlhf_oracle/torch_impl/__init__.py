@@ -12,9 +12,11 @@ automatically while ``torch.compile`` traces. Shape, dtype and hyper-parameter c
 One kernel is compiled by the twin itself: forward-only log-probabilities of large bf16/fp16 logits on CPU (the
 reference-model and old-policy passes) go through a log-sum-exp that Inductor fuses into one read of the logits,
 compiled on first use (a few seconds once per process). Where compilation is off, disabled or unavailable the eager
-path gives the same values; :func:`set_compiled_kernels` ``(False)`` or ``RLHF_ORACLE_COMPILE=0`` turns it off.
+path gives the same values; :func:`set_compiled_kernels` ``(False)``, ``with compiled_kernels(False):`` or
+``RLHF_ORACLE_COMPILE=0`` turns it off.
 """
 
+from ._compiled import compiled_kernels as compiled_kernels
 from ._compiled import compiled_kernels_enabled as compiled_kernels_enabled
 from ._compiled import set_compiled_kernels as set_compiled_kernels
 from ._validation import set_value_checks as set_value_checks
@@ -93,6 +95,7 @@ __all__ = [
     "adaptive_kl_update",
     "aggregate",
     "cispo_loss",
+    "compiled_kernels",
     "compiled_kernels_enabled",
     "dpo_loss",
     "dynamic_sampling_mask",

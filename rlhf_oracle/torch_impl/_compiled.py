@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -37,6 +38,18 @@ def set_compiled_kernels(enabled: bool) -> None:
     of the log-sum-exp, so after rounding to bf16/fp16 by one unit at most, in rare ties."""
     global _ENABLED
     _ENABLED = flag("set_compiled_kernels", "enabled", enabled)
+
+
+@contextmanager
+def compiled_kernels(enabled: bool) -> Iterator[None]:
+    """Context manager form of :func:`set_compiled_kernels`; restores the previous setting on exit."""
+    global _ENABLED
+    previous = _ENABLED
+    _ENABLED = flag("compiled_kernels", "enabled", enabled)
+    try:
+        yield
+    finally:
+        _ENABLED = previous
 
 
 def compiled_kernels_enabled() -> bool:

@@ -184,6 +184,15 @@ def test_the_switch_takes_a_real_bool_and_the_environment_turns_it_off() -> None
     with pytest.raises(ValueError, match=r"^set_compiled_kernels: 'enabled' must be True or False, got 'no'$"):
         ti.set_compiled_kernels("no")  # type: ignore[arg-type]
     assert ti.compiled_kernels_enabled()
+    with ti.compiled_kernels(False):
+        assert not ti.compiled_kernels_enabled()
+        with ti.compiled_kernels(True):
+            assert ti.compiled_kernels_enabled()
+        assert not ti.compiled_kernels_enabled()
+    assert ti.compiled_kernels_enabled()
+    with pytest.raises(ValueError, match=r"^compiled_kernels: 'enabled' must be True or False, got 0$"):
+        with ti.compiled_kernels(0):  # type: ignore[arg-type]
+            pass
     code = "from rlhf_oracle import torch_impl as ti; print(ti.compiled_kernels_enabled())"
     for value, expected in (("0", "False"), ("1", "True")):
         env = {**os.environ, "RLHF_ORACLE_COMPILE": value}
