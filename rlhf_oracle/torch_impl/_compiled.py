@@ -73,21 +73,32 @@ def _dynamo_disabled() -> bool:
 
 
 class CompiledKernel:
-    """``fn`` compiled on its first call; ``None`` from :meth:`__call__` means "use your eager path"."""
+    """``fn`` compiled on its first call; ``None`` from :meth:`__call__` means "use your eager path".
+
+    An exception before the first successful call is taken for a compilation failure (the eager path from then on,
+    one warning); after it, an exception is the input's (e.g. a token out of range with the value checks off,
+    caught by Inductor's bounds check) and propagates.
+    """
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
         self.compiled: Callable[..., Any] | None = None
         self.failure: str | None = None
+        self.succeeded = False
 
     def __call__(self, *args: Any) -> Any | None:
         if self.failure is not None or not compiled_kernels_enabled():
             return None
         if self.compiled is None:
             self.compiled = torch.compile(self.fn, dynamic=True, fullgraph=True)
-        try:
+        if self.succeeded:
             with torch.no_grad():
                 return self.compiled(*args)
+        try:
+            with torch.no_grad():
+                out = self.compiled(*args)
+            self.succeeded = True
+            return out
         except Exception as exc:  # a compiler or backend failure: fall back for the rest of the process
             self.failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             warnings.warn(

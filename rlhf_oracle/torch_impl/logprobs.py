@@ -354,6 +354,8 @@ def _compiled_logsumexp(
     if blocks is None:
         return None
     flat_tokens = tokens.reshape(-1)
+    if not v.value_checks_enabled() and not 0 <= int(flat_tokens.min()) <= int(flat_tokens.max()) < logits.shape[-1]:
+        return None  # a token out of range would abort the process in the kernel's bounds check: eager raises instead
     tau_t, scale = _temperature_tensors(tau)
     parts = []
     for first, block in blocks:

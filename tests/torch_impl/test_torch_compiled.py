@@ -264,3 +264,28 @@ def test_a_failed_gradient_compilation_falls_back_to_the_eager_gradient(monkeypa
     ti.token_logprobs(want, tokens, chunk_size=3).float().sum().backward()
     assert logits.grad is not None and want.grad is not None
     assert torch.equal(logits.grad, want.grad)  # the same eager arithmetic from the same saved m and log s
+
+
+def test_a_token_out_of_range_with_the_value_checks_off_raises_and_does_not_abort(compiled_path: list[str]) -> None:
+    logits = torch.randn(2, 5, 30, generator=gen(18)).to(torch.bfloat16)
+    tokens = torch.zeros(2, 5, dtype=torch.int64)
+    with torch.no_grad():
+        ti.token_logprobs(logits, tokens)  # compiled once
+        tokens[1, 2] = 30  # the kernel's own bounds check would throw inside an OpenMP region: std::terminate
+        with ti.value_checks(False), pytest.raises(RuntimeError, match="out of bounds"):
+            ti.token_logprobs(logits, tokens)
+    assert compiled_path == ["compiled", "eager"]
+    assert L._COMPILED_LOGSUMEXP.failure is None  # an input error is not a compilation failure
+
+
+def test_after_a_successful_call_an_exception_is_the_inputs_and_propagates() -> None:
+    kernel = _compiled.CompiledKernel(lambda x: x)
+    assert torch.equal(kernel(torch.ones(3)), torch.ones(3)) and kernel.succeeded
+
+    def failing(*args: Any) -> Any:
+        raise RuntimeError("index out of bounds")
+
+    kernel.compiled = failing
+    with pytest.raises(RuntimeError, match="index out of bounds"):
+        kernel(torch.ones(3))
+    assert kernel.failure is None
