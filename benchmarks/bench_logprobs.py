@@ -117,12 +117,13 @@ def peers() -> list[Implementation]:
     ]  # fmt: skip
 
 
-OURS = 3
-"""How many of :func:`implementations` are torch_impl's own (the rest are the peers)."""
+def own() -> list[Implementation]:
+    """torch_impl's own implementations: the default, the two separate calls, the compiled kernels off."""
+    return [ours(), ours_separate(), ours_eager()]
 
 
 def implementations() -> list[Implementation]:
-    return [ours(), ours_separate(), ours_eager(), *peers()]
+    return [*own(), *peers()]
 
 
 def make_case(device: str, dtype: torch.dtype, shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,7 +236,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     shape = tuple(int(s) for s in args.shape.split(","))
     assert len(shape) == 3, "--shape is B,T,V"
     impls = implementations()
-    peer_names = [impl.name for impl in impls[OURS:]]
+    peer_names = [impl.name for impl in impls[len(own()) :]]
     rows: list[dict[str, Any]] = []
     for dtype_name in args.dtypes.split(","):
         dtype = getattr(torch, dtype_name)
@@ -280,7 +281,7 @@ def _line(row: dict[str, Any]) -> str:
 
 def table(result: dict[str, Any]) -> str:
     """The Markdown table of RESULTS.md: one row per cell, times in ms and peak extra memory in MiB."""
-    names = ["torch_impl", "torch_impl (2 calls)", "torch_impl (eager)", *result["peers"]]
+    names = [*(impl.name for impl in own()), *result["peers"]]
     head = "| dtype | op | mode | " + " | ".join(f"{n} ms" for n in names) + " | ours / fastest peer |"
     has_memory = "peak_MiB" in result["rows"][0]
     if has_memory:

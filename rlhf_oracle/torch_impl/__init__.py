@@ -9,11 +9,12 @@ Value checks (NaN/inf at valid positions, mask values, empty rows, k3 overflow, 
 turn them off with :func:`set_value_checks` ``(False)`` or ``with value_checks(False):``. They are skipped
 automatically while ``torch.compile`` traces. Shape, dtype and hyper-parameter checks always run.
 
-One kernel is compiled by the twin itself: forward-only log-probabilities of large bf16/fp16 logits on CPU (the
-reference-model and old-policy passes) go through a log-sum-exp that Inductor fuses into one read of the logits,
-compiled on first use (a few seconds once per process). Where compilation is off, disabled or unavailable the eager
-path gives the same values; :func:`set_compiled_kernels` ``(False)``, ``with compiled_kernels(False):`` or
-``RLHF_ORACLE_COMPILE=0`` turns it off.
+Two kernels are compiled by the twin itself: log-probabilities of large bf16/fp16 logits on CPU (the
+reference-model and old-policy passes, and the policy's with autograd) go through a log-sum-exp that Inductor fuses
+into one read of the logits, and their gradient through one fused read and write; both are compiled on first use (a
+few seconds once per process). Where compilation is off, disabled or unavailable the eager path gives the same
+values; :func:`set_compiled_kernels` ``(False)``, ``with compiled_kernels(False):`` or ``RLHF_ORACLE_COMPILE=0``
+turns them off.
 """
 
 from ._compiled import compiled_kernels as compiled_kernels

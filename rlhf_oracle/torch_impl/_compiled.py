@@ -1,8 +1,9 @@
 """Kernels the torch twin compiles with ``torch.compile`` on first use, and the switch that turns them off.
 
-A kernel here is a small pure function of tensors that Inductor fuses into one loop per row: for the forward-only
+A kernel here is a small pure function of tensors that Inductor fuses into one loop per row: for the
 log-probabilities of bf16/fp16 logits, each row is read once from memory into registers, upcast there, and reduced
-to two floats (no float32 copy of the chunk, no output of the logits' size). Eager PyTorch has no kernel that
+to four floats (no float32 copy of the chunk, no output of the logits' size); their gradient is one fused read of
+the logits and one write of the gradient. Eager PyTorch has no kernel that
 computes a log-sum-exp without writing a full row back, so this is the one place the twin compiles code itself.
 
 - Compiled lazily, the first time an input large enough to need it arrives (a few seconds once per process: about
@@ -33,7 +34,7 @@ _ENABLED = os.environ.get("RLHF_ORACLE_COMPILE", "1").strip() not in ("0", "fals
 
 
 def set_compiled_kernels(enabled: bool) -> None:
-    """Turn the compiled forward-only kernels on or off for the whole process (default: on, unless the environment
+    """Turn the compiled log-probability kernels on or off for the whole process (default: on, unless the environment
     variable ``RLHF_ORACLE_COMPILE=0``). Off, every call takes its eager path; values agree to the last float32 bit
     of the log-sum-exp, so after rounding to bf16/fp16 by one unit at most, in rare ties."""
     global _ENABLED
@@ -91,16 +92,14 @@ class CompiledKernel:
             return None
         if self.compiled is None:
             self.compiled = torch.compile(self.fn, dynamic=True, fullgraph=True)
-        if self.succeeded:
-            with torch.no_grad():
-                return self.compiled(*args)
         try:
             with torch.no_grad():
                 out = self.compiled(*args)
-            self.succeeded = True
-            return out
-        except Exception as exc:  # a compiler or backend failure: fall back for the rest of the process
-            self.failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        except Exception as exc:
+            if self.succeeded:
+                raise  # the input's error, not the compiler's
+            # a compiler or backend failure: fall back for the rest of the process
+            self.failure = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
             warnings.warn(
                 f"rlhf_oracle.torch_impl: compiling {self.fn.__name__} failed ({self.failure}); using the eager "
                 "path from now on (same values, slower). set_compiled_kernels(False) or RLHF_ORACLE_COMPILE=0 "
@@ -109,3 +108,5 @@ class CompiledKernel:
                 stacklevel=3,
             )
             return None
+        self.succeeded = True
+        return out

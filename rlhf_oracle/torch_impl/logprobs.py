@@ -371,14 +371,6 @@ def _compiled_logsumexp(
     return lp, m, log_s
 
 
-def _forward_only_compiled(
-    logits: torch.Tensor, tokens: torch.Tensor, tau: float, check: str | None
-) -> torch.Tensor | None:
-    """:func:`_forward_only_half` through the compiled kernel, or None when it does not apply."""
-    out = _compiled_logsumexp(logits, tokens, tau, check)
-    return None if out is None else out[0].view(logits.shape[:-1]).to(logits.dtype)
-
-
 class _CompiledLogprobs(torch.autograd.Function):
     """Half log-probabilities with autograd, the forward computed beforehand by the compiled kernel (``lp``, ``m``,
     ``log_s`` [B*T] float32, not differentiated): the backward is :func:`_logprob_grad_rows` compiled, or the eager
@@ -471,18 +463,18 @@ def token_logprobs(
     """
     fn = "token_logprobs"
     z, o, tau, rows = _check_logits_tokens(fn, logits, tokens, temperature, chunk_size)
-    if _takes_forward_only_path(z):
-        if chunk_size is None:
-            compiled = _forward_only_compiled(z, o, tau, _check_name(fn, z))
-            if compiled is not None:
-                return compiled
-            rows = _chunk_length(z, None, FORWARD_ONLY_CHUNK_ELEMENTS)
-        return _forward_only_half(z, o, tau, rows, _check_name(fn, z))
+    forward_only = _takes_forward_only_path(z)
     if chunk_size is None and z.dtype in HALF_DTYPES and not torch.compiler.is_compiling():
         with torch.no_grad():
             pre = _compiled_logsumexp(z, o, tau, _check_name(fn, z))
+        if pre is not None and forward_only:
+            return pre[0].view(z.shape[:-1]).to(z.dtype)
         if pre is not None:
             return cast(torch.Tensor, cast(Any, _CompiledLogprobs.apply)(z, o, *pre, tau, rows))
+    if forward_only:
+        if chunk_size is None:
+            rows = _chunk_length(z, None, FORWARD_ONLY_CHUNK_ELEMENTS)
+        return _forward_only_half(z, o, tau, rows, _check_name(fn, z))
     return _fused(fn, z, o, tau, rows, False)[0]
 
 

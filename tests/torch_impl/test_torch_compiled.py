@@ -53,15 +53,16 @@ def small_inputs_compiled(inductor: None, monkeypatch: pytest.MonkeyPatch) -> No
 
 @pytest.fixture
 def compiled_path(small_inputs_compiled: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """Small inputs take the compiled kernel; records which forward-only path each call took."""
+    """Small inputs take the compiled kernel; records which path each call took ("compiled": the compiled
+    log-sum-exp ran, "eager": the forward-only chunked path)."""
     taken: list[str] = []
-    eager, compiled = L._forward_only_half, L._forward_only_compiled
+    eager, compiled = L._forward_only_half, L._compiled_logsumexp
 
     def eager_spy(*args: Any) -> torch.Tensor:
         taken.append("eager")
         return eager(*args)
 
-    def compiled_spy(*args: Any) -> torch.Tensor | None:
+    def compiled_spy(*args: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         try:
             out = compiled(*args)
         except ValueError:  # refused by the kernel's probe
@@ -72,7 +73,7 @@ def compiled_path(small_inputs_compiled: None, monkeypatch: pytest.MonkeyPatch) 
         return out
 
     monkeypatch.setattr(L, "_forward_only_half", eager_spy)
-    monkeypatch.setattr(L, "_forward_only_compiled", compiled_spy)
+    monkeypatch.setattr(L, "_compiled_logsumexp", compiled_spy)
     yield taken
 
 
@@ -167,9 +168,10 @@ def test_the_eager_path_is_kept_where_the_kernel_does_not_apply(compiled_path: l
 
     _eager_only(compiled_path, switched_off)
     compiled_path.clear()
-    ti.token_logprobs(logits.requires_grad_(True), tokens)  # autograd: the custom Function, neither path
-    ti.token_logprobs(logits.float().detach(), tokens)  # float32: the chunked kernel
-    assert compiled_path == []
+    ti.token_logprobs(logits.requires_grad_(True), tokens)  # autograd: the compiled forward of _CompiledLogprobs
+    assert compiled_path == ["compiled"]
+    ti.token_logprobs(logits.float().detach(), tokens)  # float32: the chunked kernel, neither path
+    assert compiled_path == ["compiled"]
 
 
 def test_a_failed_compilation_falls_back_once_with_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
